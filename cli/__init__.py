@@ -1,0 +1,1 @@
+"""The `vardist` command line (installed as the `vardist_cli` package)."""

@@ -1,0 +1,156 @@
+"""The scale-wise generator protocol that every model family implements.
+
+VAR-Scaling needs to stop a coarse-to-fine generation at one scale k, draw many candidates for
+that scale's token map, pick one, and finish the image from it, possibly on another worker. So a
+model is not driven by one `generate()` call but step by step:
+
+    state = model.start(conditions, seeds, sampling)   # a batch of work items
+    model.run_scales(state, k)                          # sample scales 0..k-1 (the prefix)
+    codes = model.draw_pool(state, n)                   # [B, n, *code_shape]: n candidates at scale k
+    emb = model.embed(codes)                            # [B, n, P, d] float32, what the KDE measures
+    model.advance(state, codes[arange(B), chosen])      # feed the chosen candidate as scale k
+    images = model.finish(state)                        # sample scales k+1.. and decode: uint8 [B,H,W,3]
+
+and a continuation on another worker rebuilds the state in one teacher-forced forward pass:
+
+    state = model.resume(conditions, seeds, sampling, maps=[r_0, ..., r_k])
+    images = model.finish(state)
+
+Randomness: every draw of an item comes from `vardist.models.sampling.item_stream(seed, scale)`,
+a stream keyed only by the item's seed and the scale. Candidate j of a pool at scale k uses row j
+of that stream, and plain sampling at scale k uses row 0, so `strategy="none"` (candidate 0)
+reproduces plain generation, the first n' candidates of an n-pool are the n'-pool, and an item's
+images never depend on which other items share its batch.
+
+Codes: the compact form of one scale's map. VAR-like families: int64 token ids `[B, P]`;
+Infinity: 0/1 bits `[B, P, 32]` (uint8). `code_shape` is the per-item shape after the batch dim
+without the position dim (`()` for token ids, `(32,)` for bits).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are drawn at every scale (the reference models' run-time knobs).
+
+    cfg: guidance strength; each family applies it its own way (VAR ramps it over scales,
+    Infinity applies it on logits at every scale). top_k / top_p: 0 disables the filter.
+    tau: softmax temperature (Infinity); 1.0 leaves logits unchanged.
+    """
+
+    cfg: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    tau: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)  # family-specific extras
+
+    def __post_init__(self) -> None:
+        if self.cfg < 0:
+            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+
+
+@dataclass
+class GenState:
+    """A batch of work items part-way through generation.
+
+    `maps[s]` holds the codes chosen at scale s for every item; `next_scale == len(maps)`.
+    `cache` is the family's private state (KV cache, accumulated latent, ...), never touched by
+    callers.
+    """
+
+    conditions: list
+    seeds: list[int]
+    sampling: Sampling
+    maps: list[torch.Tensor] = field(default_factory=list)
+    cache: Any = None
+
+    @property
+    def next_scale(self) -> int:
+        return len(self.maps)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.seeds)
+
+
+class ScaleWiseGenerator(ABC):
+    """A coarse-to-fine image generator that can be driven one scale at a time."""
+
+    family: str                                # "var", "infinity", "flexvar"
+    schedule: tuple[tuple[int, int], ...]      # (h, w) of the token map at each scale
+    embed_dim: int                             # d: floats per position in `embed()`
+    code_shape: tuple[int, ...] = ()           # per-position code shape: () ids, (32,) bits
+    condition_kind: str = "class"              # "class" (int labels) or "prompt" (str)
+    num_classes: int | None = None             # for condition_kind == "class"
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.schedule)
+
+    def positions(self, scale: int) -> int:
+        h, w = self.schedule[scale]
+        return h * w
+
+    def check_conditions(self, conditions: Sequence) -> None:
+        """Raise ValueError naming the first condition this model cannot take."""
+        for i, c in enumerate(conditions):
+            if self.condition_kind == "class":
+                if isinstance(c, bool) or not isinstance(c, int):
+                    raise ValueError(f"condition {i}: expected an int class label, got {c!r}")
+                if self.num_classes is not None and not 0 <= c < self.num_classes:
+                    raise ValueError(
+                        f"condition {i}: class {c} is outside this model's range "
+                        f"0..{self.num_classes - 1}")
+            elif not isinstance(c, str) or not c.strip():
+                raise ValueError(f"condition {i}: expected a non-empty prompt string, got {c!r}")
+
+    @abstractmethod
+    def start(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling) -> GenState:
+        """Encode the conditions and open a batch at scale 0."""
+
+    @abstractmethod
+    def run_scales(self, state: GenState, stop: int) -> None:
+        """Sample scales state.next_scale .. stop-1 (plain sampling, row 0 of each stream)."""
+
+    @abstractmethod
+    def draw_pool(self, state: GenState, n: int, *, chunk: int = 1024) -> torch.Tensor:
+        """n i.i.d. candidates for scale state.next_scale from the CFG-mixed logits, computed
+        once; drawn in chunks of `chunk` candidates so memory stays bounded. Does not advance
+        the state. Returns codes [B, n, P, *code_shape] on the CPU."""
+
+    @abstractmethod
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [..., P, *code_shape] -> float32 embeddings [..., P, embed_dim]."""
+
+    @abstractmethod
+    def advance(self, state: GenState, codes: torch.Tensor) -> None:
+        """Feed given codes [B, P, *code_shape] as scale state.next_scale (no sampling)."""
+
+    @abstractmethod
+    def finish(self, state: GenState) -> torch.Tensor:
+        """Sample the remaining scales and decode: uint8 RGB [B, H, W, 3] on the CPU."""
+
+    @abstractmethod
+    def resume(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling,
+               maps: Sequence[torch.Tensor]) -> GenState:
+        """Rebuild a state after scales 0..len(maps)-1 from their codes in one teacher-forced
+        forward pass, so any worker can continue any item."""
+
+    def generate_images(self, conditions: Sequence, seeds: Sequence[int],
+                        sampling: Sampling) -> torch.Tensor:
+        """Plain generation (no search): uint8 [B, H, W, 3]."""
+        state = self.start(conditions, seeds, sampling)
+        return self.finish(state)
