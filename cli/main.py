@@ -29,3 +29,7 @@ def main(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """vardist command line."""
+
+
+if __name__ == "__main__":
+    app()
