@@ -38,10 +38,9 @@ def test_load_exact_accepts_absent_recomputable_buffers_and_loads_values(tmp_pat
 
 
 def test_read_state_dict_refuses_arbitrary_pickles(tmp_path):
-    class NotTensor:
-        pass
+    import argparse
 
-    torch.save({"x": NotTensor()}, tmp_path / "evil.pth")
+    torch.save({"x": argparse.Namespace(a=1)}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointMismatch, match="weights-only"):
         read_state_dict(tmp_path / "evil.pth")
 
