@@ -47,6 +47,11 @@ class ModelSpec:
     # Files looked up in the weights dir (official names). Empty: weights ship with vardist.
     files: tuple[str, ...] = ()
     source: str = ""  # where the files are published, for the missing-weights error
+    # What the engine checks user input against before loading anything (None: unknown until
+    # the model is loaded, then checked against the model itself).
+    num_scales: int | None = None          # length of the scale schedule
+    condition_kind: str | None = None      # "class" or "prompt"
+    num_classes: int | None = None         # class-conditional models
     # builder(spec, files: dict[official file name -> Path], device: str) -> ScaleWiseGenerator
     builder: Callable = field(default=None, compare=False, repr=False)
 
