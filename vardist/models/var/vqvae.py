@@ -278,24 +278,19 @@ class VectorQuantizer(nn.Module):
             out.append(idx)
         return out
 
-    def idx_to_fhat(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Accumulate the token maps of scales 0..len(maps)-1 into f_hat [B, C, n, n]."""
+    def accumulate(self, maps: Sequence[torch.Tensor], inputs: bool = True
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Add the token maps of scales 0..k (k = len(maps) - 1) into f_hat [B, C, n, n], and (if
+        `inputs`) collect the transformer inputs they determine: those of scales 1..min(k+1, S-1),
+        each [B, pn^2, C]. With maps r_0..r_{S-2} these are the teacher-forcing inputs."""
         n = self.patch_nums[-1]
         f_hat = maps[0].new_zeros(maps[0].shape[0], self.embedding.embedding_dim, n, n, dtype=torch.float32)
-        for si, idx in enumerate(maps):
-            f_hat = self.add_scale(f_hat, si, idx)
-        return f_hat
-
-    def teacher_forcing_input(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Transformer inputs for scales 1..len(maps) built from maps r_0..r_{k-1}: [B, sum pn^2, C]."""
-        n = self.patch_nums[-1]
-        B = maps[0].shape[0]
-        f_hat = maps[0].new_zeros(B, self.embedding.embedding_dim, n, n, dtype=torch.float32)
         xs = []
         for si, idx in enumerate(maps):
             f_hat = self.add_scale(f_hat, si, idx)
-            xs.append(self.next_input(f_hat, si))
-        return torch.cat(xs, 1)
+            if inputs and si < len(self.patch_nums) - 1:
+                xs.append(self.next_input(f_hat, si))
+        return f_hat, xs
 
 
 class VQVAE(nn.Module):
@@ -323,4 +318,4 @@ class VQVAE(nn.Module):
         """All token maps (every scale) -> images in [-1, 1]."""
         if len(maps) != len(self.cfg.patch_nums):
             raise ValueError(f"need one token map per scale ({len(self.cfg.patch_nums)}), got {len(maps)}")
-        return self.fhat_to_img(self.quantize.idx_to_fhat(maps))
+        return self.fhat_to_img(self.quantize.accumulate(maps, inputs=False)[0])
