@@ -1,0 +1,124 @@
+"""The three stages of a search, as plain functions any engine can call (the local engine in one
+process, the Ray engine in actors and a selection stage):
+
+    pool = prefix_and_pool(model, batch, settings)          # prefix r_0..r_{k-1} + n candidates r_k
+    choices = select_batch(pool.codes, embedder(model), pool.seeds, settings)
+    images, maps = continue_batch(model, batch, settings, pool.prefix, chosen_codes(pool, choices))
+
+Between stages everything is numpy (codes, not embeddings: a pool is small), so it can travel
+through an object store. `continue_batch` takes the generator state when the same process drew
+the pool (no recomputation) and otherwise rebuilds it from the codes in one teacher-forced pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from vardist.engine.plan import SearchSettings, WorkItem, selection_rng
+from vardist.models.interface import GenState, ScaleWiseGenerator
+
+Embed = Callable[[np.ndarray], np.ndarray]  # codes [n, P, *code_shape] -> float32 [n, P, d]
+
+
+@dataclass
+class Pool:
+    """Prefix and candidate pool of one batch of items."""
+
+    seeds: list[int]
+    prefix: list[np.ndarray]     # codes of scales 0..k-1, each [B, P_s, *code_shape]
+    codes: np.ndarray            # candidates at scale k, [B, n, P_k, *code_shape]
+    seconds: float
+    state: GenState | None = field(default=None, repr=False)  # kept only when asked
+
+
+@dataclass
+class Choice:
+    """The selection stage's verdict for one item."""
+
+    index: int                   # chosen candidate
+    branch: str | None           # "high" / "low" density (var-scaling), else None
+    shortlist: list[int]
+    density_max: float
+    density_mean: float
+    density_chosen: float
+    seconds: float
+    density: np.ndarray | None = field(default=None, repr=False)  # [n], for the candidate table
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def prefix_and_pool(model: ScaleWiseGenerator, items: Sequence[WorkItem], settings: SearchSettings,
+                    *, keep_state: bool = False, chunk: int = 1024) -> Pool:
+    """Sample scales 0..k-1 of a batch and draw `settings.pool_size` candidates at scale k."""
+    t0 = time.perf_counter()
+    seeds = [it.seed for it in items]
+    with torch.inference_mode():
+        state = model.start([it.condition for it in items], seeds, settings.sampling())
+        model.run_scales(state, settings.scale)
+        codes = model.draw_pool(state, settings.pool_size, chunk=chunk)
+    prefix = [_np(m) for m in state.maps]
+    return Pool(seeds, prefix, _np(codes), time.perf_counter() - t0,
+                state if keep_state else None)
+
+
+def embedder(model: ScaleWiseGenerator) -> Embed:
+    """model.embed as a numpy function (what the selection stage measures candidates by)."""
+    def embed(codes: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return _np(model.embed(torch.from_numpy(np.ascontiguousarray(codes)))).astype(
+                np.float32, copy=False)
+    return embed
+
+
+def select_batch(codes: np.ndarray, embed: Embed, seeds: Sequence[int], settings: SearchSettings,
+                 *, keep_density: bool = False) -> list[Choice]:
+    """Densities and one choice per item of a pool batch. Each item's rng comes from its own
+    seed; only `bandwidth="batch"` (the authors' pooling) lets batch mates affect an item."""
+    if settings.strategy == "none":  # plain sampling: candidate 0, nothing to measure
+        nan = float("nan")
+        return [Choice(0, None, [0], nan, nan, nan, 0.0) for _ in seeds]
+    from vardist.selection import kde_density, pooled_bandwidth, select
+
+    xs = [embed(codes[b]) for b in range(len(seeds))]
+    pooled = pooled_bandwidth(xs, settings.metric) if settings.bandwidth == "batch" else None
+    choices = []
+    for x, seed in zip(xs, seeds):
+        t0 = time.perf_counter()
+        density = kde_density(x, settings.kde_method, pooled, settings.metric)
+        sel = select(density, x, settings.strategy, alpha=settings.alpha, rep=settings.rep,
+                     conflict_thresh=settings.conflict_thresh, k=settings.k,
+                     rng=selection_rng(seed))
+        idx = int(sel.index)
+        choices.append(Choice(idx, sel.branch, [int(i) for i in sel.shortlist],
+                              float(density.max()), float(density.mean()), float(density[idx]),
+                              time.perf_counter() - t0, density if keep_density else None))
+    return choices
+
+
+def chosen_codes(pool: Pool, choices: Sequence[Choice]) -> np.ndarray:
+    """The chosen candidate of every item: [B, P_k, *code_shape]."""
+    return pool.codes[np.arange(len(choices)), [c.index for c in choices]]
+
+
+def continue_batch(model: ScaleWiseGenerator, items: Sequence[WorkItem], settings: SearchSettings,
+                   prefix: Sequence[np.ndarray], chosen: np.ndarray,
+                   state: GenState | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Feed the chosen candidates as scale k, sample the remaining scales, decode. With no
+    `state`, rebuild it from prefix + chosen (teacher-forced), so any worker can do this.
+    Returns uint8 images [B, H, W, 3] and the final token maps (one array per scale)."""
+    with torch.inference_mode():
+        if state is None:
+            maps = [torch.from_numpy(np.ascontiguousarray(m)) for m in (*prefix, chosen)]
+            state = model.resume([it.condition for it in items], [it.seed for it in items],
+                                 settings.sampling(), maps=maps)
+        else:
+            model.advance(state, torch.from_numpy(np.ascontiguousarray(chosen)))
+        images = model.finish(state)
+    return _np(images).astype(np.uint8, copy=False), [_np(m) for m in state.maps]
