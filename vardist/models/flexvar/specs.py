@@ -1,0 +1,52 @@
+"""Registry entries for the released FlexVAR models (ImageNet 256x256, class-conditional).
+
+Pure data plus a builder; importing this module does not import the model code.
+
+Search defaults: the paper (Table 1) evaluates FlexVAR-d24 only: scale 2 (the 3x3 map), cfg 2.5,
+alpha 2.5-2.8 (2.6 here), n 10-100 (50 here), rep 10. d16 and d20 have no published values; they
+get the same ones. top_k 900 / top_p 0.95 are the reference evaluation script's (`eval_c2i.py`),
+with its default VAR-style CFG ramp.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vardist.models.registry import ModelSpec, SearchDefaults, register
+
+VAE_FILE = "FlexVAE.pth"
+SOURCE = "https://huggingface.co/jiaosiyu1999/FlexVAR"
+VAR_FILES = {16: "FlexVARd16-epo179.pth", 20: "FlexVARd20-epo249.pth", 24: "FlexVARd24-epo349.pth"}
+FID = {16: "3.05", 20: "2.41", 24: "2.21"}
+DEFAULTS = SearchDefaults(scale=2, n=50, strategy="var-scaling", alpha=2.6, rep=10, cfg=2.5,
+                          top_k=900, top_p=0.95)
+
+
+def official_configs(depth: int):
+    """(FlexVAEConfig, FlexVARConfig) of the released tokenizer and FlexVAR-d{depth}."""
+    from vardist.models.flexvar.tokenizer import FlexVAEConfig
+    from vardist.models.flexvar.transformer import FlexVARConfig
+
+    if depth not in VAR_FILES:
+        raise ValueError(f"no released FlexVAR of depth {depth}; choose one of {sorted(VAR_FILES)}")
+    return FlexVAEConfig(), FlexVARConfig(depth=depth)
+
+
+def build(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
+    """Builder for `vardist.models.load`; `schedule` (side lengths) defaults to the released 10 steps."""
+    from vardist.models.flexvar.generator import build as build_generator
+    from vardist.models.flexvar.transformer import DEFAULT_SCHEDULE
+
+    depth = int(spec.name.removeprefix("flexvar-d"))
+    vae_cfg, var_cfg = official_configs(depth)
+    return build_generator(vae_cfg, var_cfg, files[VAE_FILE], files[VAR_FILES[depth]],
+                           schedule=schedule or DEFAULT_SCHEDULE, device=device)
+
+
+for _depth, _file in VAR_FILES.items():
+    register(ModelSpec(
+        name=f"flexvar-d{_depth}", family="flexvar",
+        description=f"FlexVAR-d{_depth} (FID {FID[_depth]}), ImageNet 256x256 class-conditional, "
+                    f"flexible scale schedules",
+        defaults=DEFAULTS, files=(VAE_FILE, _file), source=SOURCE,
+        num_scales=10, condition_kind="class", num_classes=1000, builder=build))
