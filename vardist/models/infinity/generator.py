@@ -1,0 +1,316 @@
+"""Infinity behind the scale-wise generator interface, plus the reference-parity entry points.
+
+Codes are the 32 bits of every position, uint8 0/1 [B, P, 32]; the embedding the KDE measures is
+the same bits as float32 (as the authors' code does). Each bit is one sampling position with two
+outcomes, drawn through vardist.models.sampling: at scale k the uniforms of item b come from
+item_stream(seed_b, k), row j for candidate j, P*32 numbers per row.
+
+Guidance (Sampling.cfg, constant over scales as the reference): with
+`options["cfg_insertion_layer"] == 0` (the GenEval setting) the logits of both halves are divided
+by tau and mixed as cfg*cond + (1-cfg)*uncond; with a negative value L the hidden state after block
+depth+L is mixed and duplicated, and the logits come from the conditional half. cfg == 1 runs no
+unconditional rows at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from vardist.models.checkpoint import read_state_dict
+from vardist.models.infinity.bsq_vae import BSQVAE, BSQVAEConfig, bits_to_codes, load_vae, next_scale_input
+from vardist.models.infinity.schedules import full_schedule, scale_schedule
+from vardist.models.infinity.transformer import (Infinity, InfinityConfig, TextCond, block_causal_mask,
+                                                 load_infinity, rope_table)
+from vardist.models.interface import GenState, Sampling, ScaleWiseGenerator
+from vardist.models.sampling import batch_uniforms, filter_top_k_top_p, item_stream, sample_tokens
+
+
+@dataclass
+class _Run:
+    """GenState.cache of an Infinity batch."""
+
+    text: TextCond
+    guided: bool                 # rows are [cond; uncond]
+    kv: list[list]               # per block: [k, v] of the scales run so far
+    summed: torch.Tensor         # [B, d, H, W]: the upsampled codes of the scales fed so far
+    x_next: torch.Tensor         # [bs, P, C]: the input tokens of the next scale
+    pending: torch.Tensor | None = None  # sampler logits [B, P, 32, 2] of the next scale
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float NCHW -> uint8 RGB [B, H, W, 3], truncating like the reference."""
+    return ((images.float() + 1) / 2 * 255).permute(0, 2, 3, 1).to(torch.uint8).cpu()
+
+
+class InfinityGenerator(ScaleWiseGenerator):
+    family = "infinity"
+    code_shape = (32,)
+    condition_kind = "prompt"
+
+    def __init__(self, transformer: Infinity, vae: BSQVAE, schedule: Sequence[tuple[int, int]],
+                 rope_grid: tuple[int, int], *, text_encoder=None, device: str | torch.device = "cpu",
+                 h_div_w: float = 1.0) -> None:
+        # inference only: no autograd graphs anywhere in the generator
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vae, self.text_encoder = vae.eval().requires_grad_(False), text_encoder
+        self.device = torch.device(device)
+        self.schedule = tuple((int(h), int(w)) for h, w in schedule)
+        self.embed_dim = transformer.cfg.d_vae
+        self.h_div_w = h_div_w
+        if len(self.schedule) > transformer.cfg.num_levels:
+            raise ValueError(f"{len(self.schedule)} scales but the model has {transformer.cfg.num_levels} levels")
+        cos, sin = rope_table(self.schedule, rope_grid, transformer.cfg.head_dim)
+        self._rope = (cos.to(self.device), sin.to(self.device))
+        self._rope_grid = rope_grid
+        self._offsets = [0]
+        for h, w in self.schedule:
+            self._offsets.append(self._offsets[-1] + h * w)
+
+    def for_schedule(self, h_div_w: float = 1.0, pn: str = "1M") -> "InfinityGenerator":
+        """The same weights with another aspect ratio / pixel budget (reference templates)."""
+        return InfinityGenerator(self.transformer, self.vae, scale_schedule(h_div_w, pn),
+                                 full_schedule(h_div_w)[-1], text_encoder=self.text_encoder,
+                                 device=self.device, h_div_w=h_div_w)
+
+    def _amp(self):
+        # the reference runs under bf16 autocast on CUDA; on the CPU it is fp32 throughout
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- opening a batch ---------------------------------------------------------------------
+    def _open(self, text: Sequence[torch.Tensor], conditions: list, seeds: Sequence[int],
+              sampling: Sampling) -> GenState:
+        if len(text) != len(seeds) or not seeds:
+            raise ValueError(f"got {len(text)} conditions and {len(seeds)} seeds; give one seed per condition")
+        ins = sampling.options.get("cfg_insertion_layer", 0)
+        if ins > 0 or ins < -self.transformer.cfg.depth:
+            raise ValueError(f"cfg_insertion_layer must be 0 (guidance on logits) or a negative block "
+                             f"offset >= -{self.transformer.cfg.depth}, got {ins}")
+        guided = sampling.cfg != 1.0
+        with torch.no_grad(), self._amp():
+            t = self.transformer.encode_text(text, guided)
+        B = len(seeds)
+        H, W = self.schedule[-1]
+        run = _Run(t, guided, [[] for _ in self.transformer.blocks],
+                   torch.zeros(B, self.embed_dim, H, W, device=self.device),
+                   self.transformer.sos_tokens(t))
+        return GenState(list(conditions), [int(s) for s in seeds], sampling, cache=run)
+
+    def _text(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        if self.text_encoder is None:
+            raise ValueError("this Infinity model has no text encoder (built from a fixture?); "
+                             "pass encoder features to generate() or load it with a text encoder")
+        return self.text_encoder.encode(list(prompts))
+
+    # -- the transformer step ------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, state: GenState, x: torch.Tensor, scales: range, cache: bool) -> torch.Tensor:
+        """Run tokens x [bs, L, C] of `scales` (after the cached ones) and return the sampler's
+        logits [B, L, 32, 2]: divided by tau and CFG-mixed."""
+        run, smp, m = state.cache, state.sampling, self.transformer
+        B, lo, hi = state.batch_size, self._offsets[scales.start], self._offsets[scales.stop]
+        levels = torch.cat([torch.full((self.positions(s),), s, dtype=torch.long) for s in scales]).to(self.device)
+        mask = None
+        if len(scales) > 1:  # block-causal over the new tokens (cached keys are all earlier)
+            mask = block_causal_mask(levels, levels)
+        ins, cfg = smp.options.get("cfg_insertion_layer", 0), smp.cfg
+        mix = None
+        if run.guided and ins < 0:
+            mix = (m.cfg.depth + ins, lambda h: (cfg * h[:B] + (1 - cfg) * h[B:]).repeat(2, 1, 1))
+        rope = (self._rope[0][lo:hi], self._rope[1][lo:hi])
+        with self._amp():
+            h = m.run_blocks(x, levels, rope, run.text, run.kv if cache else None, mask, mix)
+        if run.guided and ins == 0:
+            lg = m.logits(h.float(), run.text.sos) / smp.tau
+            return cfg * lg[:B] + (1 - cfg) * lg[B:]
+        return m.logits(h[:B].float(), run.text.sos[:B]) / smp.tau
+
+    def _pending(self, state: GenState) -> torch.Tensor:
+        run = state.cache
+        if state.next_scale >= self.num_scales:
+            raise ValueError(f"all {self.num_scales} scales are done; nothing left to sample")
+        if run.pending is None:
+            s = state.next_scale
+            run.pending = self._forward(state, run.x_next, range(s, s + 1), cache=True)
+        return run.pending
+
+    def _sample(self, state: GenState, logits: torch.Tensor, streams, m: int) -> torch.Tensor:
+        """m rows of every item's stream -> codes [B, m, P, 32] uint8."""
+        B, P, d, _ = logits.shape
+        smp = state.sampling
+        flat = filter_top_k_top_p(logits.reshape(B, P * d, 2), smp.top_k, smp.top_p)
+        u = batch_uniforms(streams, m, P * d, device=flat.device)
+        return sample_tokens(flat, u).reshape(B, m, P, d).to(torch.uint8)
+
+    def _check_codes(self, state: GenState, codes: torch.Tensor) -> torch.Tensor:
+        want = (state.batch_size, self.positions(state.next_scale), self.embed_dim)
+        if tuple(codes.shape) != want:
+            raise ValueError(f"codes for scale {state.next_scale} must have shape {want} "
+                             f"([B, h*w, 32] bits), got {tuple(codes.shape)}")
+        if codes.is_floating_point() or bool(((codes != 0) & (codes != 1)).any()):
+            raise ValueError("Infinity codes must be integer 0/1 bits")
+        return codes.to(torch.uint8)
+
+    # -- the scale-wise interface --------------------------------------------------------------
+    def start(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling) -> GenState:
+        self.check_conditions(conditions)
+        return self._open(self._text(conditions), list(conditions), seeds, sampling)
+
+    def run_scales(self, state: GenState, stop: int) -> None:
+        if not state.next_scale <= stop <= self.num_scales:
+            raise ValueError(f"stop must be in {state.next_scale}..{self.num_scales}, got {stop}")
+        while state.next_scale < stop:
+            s = state.next_scale
+            logits = self._pending(state)
+            codes = self._sample(state, logits, [item_stream(sd, s) for sd in state.seeds], 1)
+            self.advance(state, codes[:, 0])
+
+    def draw_pool(self, state: GenState, n: int, *, chunk: int = 1024) -> torch.Tensor:
+        if n < 1 or chunk < 1:
+            raise ValueError(f"n and chunk must be >= 1, got n={n}, chunk={chunk}")
+        logits = self._pending(state)
+        streams = [item_stream(sd, state.next_scale) for sd in state.seeds]
+        parts = [self._sample(state, logits, streams, min(chunk, n - i)).cpu() for i in range(0, n, chunk)]
+        return torch.cat(parts, 1)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.to(torch.float32)
+
+    def advance(self, state: GenState, codes: torch.Tensor) -> None:
+        codes = self._check_codes(state, codes)
+        self._pending(state)  # this scale's tokens must be in the KV cache before the next one
+        x = self._feed(state, codes)
+        if x is not None:
+            state.cache.x_next = x
+        state.cache.pending = None
+
+    def _feed(self, state: GenState, codes: torch.Tensor) -> torch.Tensor | None:
+        """Record scale next_scale's codes, add them to the code sum and return the next
+        scale's input tokens [bs, P', C] (None after the last scale)."""
+        run, s, B = state.cache, state.next_scale, state.batch_size
+        h, w = self.schedule[s]
+        hw = bits_to_codes(codes.to(self.device).view(B, h, w, -1)).permute(0, 3, 1, 2)
+        nxt = self.schedule[s + 1] if s + 1 < self.num_scales else None
+        run.summed, inp = next_scale_input(run.summed, hw, nxt)
+        state.maps.append(codes.cpu())
+        if inp is None:
+            return None
+        x = self.transformer.word_embed(inp)
+        return x.repeat(2, 1, 1) if run.guided else x
+
+    def finish(self, state: GenState) -> torch.Tensor:
+        self.run_scales(state, self.num_scales)
+        return to_uint8(self.vae.decode(state.cache.summed))
+
+    def resume(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling,
+               maps: Sequence[torch.Tensor]) -> GenState:
+        self.check_conditions(conditions)
+        return self._resume(self._open(self._text(conditions), list(conditions), seeds, sampling), maps)
+
+    def _resume(self, state: GenState, maps: Sequence[torch.Tensor]) -> GenState:
+        """Teacher-forced re-entry: one pass over the tokens of scales 0..len(maps) fills the KV
+        cache and leaves the logits of scale len(maps) pending."""
+        if len(maps) > self.num_scales:
+            raise ValueError(f"got {len(maps)} maps but the schedule has {self.num_scales} scales")
+        run = state.cache
+        xs = [run.x_next] + [self._feed(state, self._check_codes(state, c)) for c in maps]
+        K = len(maps)
+        if K < self.num_scales:
+            with torch.no_grad():
+                logits = self._forward(state, torch.cat(xs, 1), range(0, K + 1), cache=True)
+            run.pending, run.x_next = logits[:, self._offsets[K]:], xs[-1]
+        return state
+
+    # -- reference-parity API (text given as encoder features) ------------------------------------
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images [-1, 1] [B, 3, H, W] -> bits per scale [B, h, w, 32] (uint8 0/1)."""
+        return self.vae.encode_bits(images.to(self.device), self.schedule)[0]
+
+    def decode_bits(self, bits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Bits per scale [B, h, w, 32] -> images float in [-1, 1], [B, 3, H, W]."""
+        return self.vae.decode_bits([b.to(self.device) for b in bits])
+
+    @torch.no_grad()
+    def teacher_forced_logits(self, text: Sequence[torch.Tensor], bits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The training forward: logits [B, L, 32, 2] of every token of the schedule given the
+        bits of every scale [B, h, w, 32] (conditional only, no guidance, no cache)."""
+        if len(bits) != self.num_scales:
+            raise ValueError(f"give the bits of all {self.num_scales} scales, got {len(bits)}")
+        B = len(text)
+        state = self._open(text, list(text), [0] * B, Sampling())
+        xs = [state.cache.x_next]
+        for b in bits[:-1]:
+            xs.append(self._feed(state, self._check_codes(state, b.reshape(B, -1, self.embed_dim))))
+        return self._forward(state, torch.cat(xs, 1), range(0, self.num_scales), cache=False)
+
+    @torch.no_grad()
+    def generate(self, text: Sequence[torch.Tensor], *, cfg: float, tau: float, top_k: int, top_p: float,
+                 seeds: Sequence[int], cfg_insertion_layer: int = 0,
+                 forced_bits: Sequence[torch.Tensor] | None = None):
+        """The reference's autoregressive_infer_cfg on encoder features: (images uint8 RGB
+        [B, H, W, 3], bits per scale [B, h, w, 32], sampler logits per scale [B, h*w, 32, 2]).
+        `forced_bits` replays given bits instead of sampling (the reference's gt_leak)."""
+        smp = Sampling(cfg=cfg, top_k=top_k, top_p=top_p, tau=tau,
+                       options={"cfg_insertion_layer": cfg_insertion_layer})
+        state = self._open(text, list(text), seeds, smp)
+        B, logits = len(seeds), []
+        for s in range(self.num_scales):
+            lg = self._pending(state)
+            logits.append(lg)
+            if forced_bits is not None:
+                codes = forced_bits[s].reshape(B, -1, self.embed_dim)
+            else:
+                codes = self._sample(state, lg, [item_stream(sd, s) for sd in state.seeds], 1)[:, 0]
+            self.advance(state, codes)
+        bits = [m.view(B, h, w, -1) for m, (h, w) in zip(state.maps, self.schedule)]
+        return to_uint8(self.vae.decode(state.cache.summed)), bits, logits
+
+
+# -- construction ----------------------------------------------------------------------------------
+def build(transformer_sd, vae_sd, icfg: InfinityConfig, vcfg: BSQVAEConfig, *, h_div_w: float = 1.0,
+          pn: str = "1M", text_encoder=None, device: str = "cpu",
+          schedule: Sequence[tuple[int, int]] | None = None) -> InfinityGenerator:
+    """Build the modules on the meta device, load the state dicts key for key, move to `device`
+    (blocks in bfloat16 on CUDA, as the reference's bf16=1)."""
+    with torch.device("meta"):
+        model, vae = Infinity(icfg), BSQVAE(vcfg)
+    model, vae = model.to_empty(device="cpu"), vae.to_empty(device="cpu")
+    for buf in model.buffers():  # the zero K biases may be absent from a file
+        buf.zero_()
+    load_infinity(model, transformer_sd)
+    load_vae(vae, vae_sd)
+    if torch.device(device).type == "cuda":
+        model.block_chunks.to(torch.bfloat16)
+    sched = tuple(schedule) if schedule is not None else scale_schedule(h_div_w, pn)
+    return InfinityGenerator(model.to(device), vae.to(device), sched, full_schedule(h_div_w)[-1],
+                             text_encoder=text_encoder, device=device, h_div_w=h_div_w)
+
+
+def fixture_configs(config: dict) -> tuple[InfinityConfig, BSQVAEConfig]:
+    """The model configurations recorded in a fixture's config.json."""
+    icfg = InfinityConfig.from_kwargs({**config.get("infinity_defaults_used", {}), **config["infinity_kwargs"]})
+    a = config["vae_autoencoder_args"]
+    if a["encoder_ch_mult"] != a["decoder_ch_mult"] or a.get("quantizer_type") != "MultiScaleBSQ":
+        raise ValueError("only the MultiScaleBSQ VAE with equal encoder/decoder channel multipliers is supported")
+    return icfg, BSQVAEConfig(base_ch=a["base_ch"], ch_mult=tuple(a["encoder_ch_mult"]),
+                              num_res_blocks=a["num_res_blocks"], codebook_dim=a["codebook_dim"])
+
+
+def from_fixture(folder: str | Path, *, text_encoder=None, device: str = "cpu") -> InfinityGenerator:
+    """The tiny reference model of a fixture folder (config.json, infinity.pth, vae.pth)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not an Infinity fixture folder (no config.json)")
+    config = json.loads((folder / "config.json").read_text())
+    icfg, vcfg = fixture_configs(config)
+    sched = [(h, w) for _, h, w in config["scale_schedule"]]
+    return build(read_state_dict(folder / "infinity.pth"), read_state_dict(folder / "vae.pth", unwrap=("vae",)),
+                 icfg, vcfg, h_div_w=float(config["h_div_w_template"]), text_encoder=text_encoder,
+                 device=device, schedule=sched)
