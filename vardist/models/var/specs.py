@@ -48,4 +48,5 @@ for _depth, _alpha in ALPHA_BY_DEPTH.items():
         description=f"VAR-d{_depth} ({PARAMS[_depth]}), ImageNet 256x256 class-conditional",
         defaults=SearchDefaults(scale=1, n=50, strategy="var-scaling", alpha=_alpha, rep=10,
                                 cfg=1.0, top_k=900, top_p=0.96),
-        files=(VAE_FILE, var_file(_depth)), source=SOURCE, builder=build))
+        files=(VAE_FILE, var_file(_depth)), source=SOURCE,
+        num_scales=10, condition_kind="class", num_classes=1000, builder=build))
