@@ -89,7 +89,10 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
     Engines other than search() (the Ray engine, studies) start from here too."""
     # The model and what it accepts.
     if isinstance(model, str):
-        spec = registry.get_spec(model)  # unknown names raise, listing the known ones
+        try:
+            spec = registry.get_spec(model)
+        except ValueError as e:  # unknown name: the message lists the known ones
+            raise InputError(str(e), param="model") from None
         defaults, num_scales = spec.defaults, spec.num_scales
         kind, num_classes = spec.condition_kind, spec.num_classes
     elif isinstance(model, ScaleWiseGenerator):
