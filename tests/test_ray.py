@@ -1,0 +1,162 @@
+"""The Ray engine on a small local Ray instance (one per module: start-up costs seconds):
+determinism across actor counts, agreement with the local engine, an actor killed mid-run, and
+the compact transport of pools."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import ray_toy_model  # noqa: E402  (tests/ is on sys.path under pytest)
+from ray_toy_model import ToyScaleModel  # noqa: E402
+
+from vardist.engine import local  # noqa: E402
+from vardist.engine import ray as ray_engine  # noqa: E402
+from vardist.engine.plan import Job, SearchSettings  # noqa: E402
+from vardist.engine.ray import CodeTable, Packed, RayOptions  # noqa: E402
+from vardist.engine.results import Recorder  # noqa: E402
+
+SETTINGS = SearchSettings(scale=2, n=24, strategy="var-scaling", alpha=1.5, rep=4,
+                          conflict_thresh=1.8, k=8, cfg=1.0, top_k=8, top_p=0.95, tau=1.0)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    # Actors unpickle the toy model; ship its module by value (tests/ is not installed).
+    ray.cloudpickle.register_pickle_by_value(ray_toy_model)
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def make_job(out: Path | None, samples: int = 6, batch_size: int = 2, **kw) -> Job:
+    return Job(model=ToyScaleModel(), settings=dataclasses.replace(SETTINGS, **kw),
+               conditions=[(c, c) for c in range(3)], samples=samples, seed=7,
+               batch_size=batch_size, out=str(out) if out else None)
+
+
+def run_ray(job: Job, actors: int, progress=None):
+    return ray_engine.run(job, None, Recorder(job, {}), progress,
+                          options=RayOptions(actors=actors, depth=2))
+
+
+def png_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("images/**/*.png"))}
+
+
+@pytest.fixture(scope="module")
+def reference(ray_instance, tmp_path_factory):
+    """One uninterrupted 1-actor run that the other runs are compared with."""
+    out = tmp_path_factory.mktemp("ray") / "reference"
+    res = run_ray(make_job(out), actors=1)
+    assert res.stats == {"actors": 1, "replaced": 0, "redone": 0}
+    return out, res
+
+
+def test_one_and_two_actors_write_identical_bytes(reference, tmp_path):
+    ref_out, ref = reference
+    res = run_ray(make_job(tmp_path), actors=2)
+    assert res.stats["actors"] == 2
+    want = png_bytes(ref_out)
+    assert len(want) == 18 and png_bytes(tmp_path) == want
+    assert [r.chosen for r in res] == [r.chosen for r in ref]
+    assert any(r.chosen != 0 for r in ref)  # the search did search: not always candidate 0
+
+
+def test_matches_the_local_engine(reference):
+    _, ref = reference
+    job = make_job(None)
+    want = local.run(job, job.model, Recorder(job, {}))
+    assert [r.item for r in ref] == [r.item for r in want]
+    assert [r.chosen for r in ref] == [r.chosen for r in want]
+    for g, w in zip(ref, want):
+        # Local continues from the kept state, Ray re-enters teacher-forced: same maps, same pixels.
+        assert all(np.array_equal(a, b) for a, b in zip(g.maps, w.maps))
+    np.testing.assert_array_equal(np.stack(ref.images), np.stack(want.images))
+
+
+def test_killed_actor_is_replaced_and_every_image_written_once(reference, tmp_path):
+    ref_out, _ = reference
+    killed = []
+
+    def kill_one(done, total):
+        if done and not killed:  # first finished batch: the rest is queued on the actors
+            names = sorted(a for a in ray.util.list_named_actors() if a.startswith("vardist-"))
+            ray.kill(ray.get_actor(names[0]))
+            killed.append(names[0])
+
+    job = make_job(tmp_path)
+    res = run_ray(job, actors=2, progress=kill_one)
+    assert killed and res.stats["replaced"] >= 1 and res.stats["redone"] >= 1
+    rows = Recorder(job, {}).log.rows()
+    keys = list(zip(rows["condition_index"].to_pylist(), rows["sample_index"].to_pylist()))
+    assert len(keys) == len(set(keys)) == len(job.items) == len(res)
+    assert png_bytes(tmp_path) == png_bytes(ref_out)
+
+
+def test_resume_redoes_only_missing_images(reference, tmp_path):
+    ref_out, ref = reference
+    out = tmp_path / "resume"
+    shutil.copytree(ref_out, out)
+    lost = [out / r.path.relative_to(ref_out) for r in ref[-3:]]  # a kill before these landed
+    for p in lost:
+        p.unlink()
+    res = run_ray(make_job(out), actors=2)
+    assert [r.resumed for r in res].count(False) == 3
+    assert png_bytes(out) == png_bytes(ref_out)
+
+
+def test_cluster_too_small_is_refused_before_work(ray_instance, tmp_path):
+    from vardist.io.conditions import InputError
+
+    job = make_job(tmp_path / "big")
+    with pytest.raises(InputError, match="cannot place 5 generator actors"):
+        ray_engine.run(job, None, Recorder(job, {}),
+                       options=RayOptions(actors=5, cpus_per_actor=1, placement_timeout_s=1))
+
+
+# --- transport (no Ray needed) ------------------------------------------------------------
+
+def test_packed_codes_roundtrip_and_shrink():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4096, (2, 100, 4))
+    p = Packed.pack(ids)
+    assert p.data.dtype == np.uint16 and p.nbytes == ids.nbytes // 4
+    assert p.unpack().dtype == ids.dtype and np.array_equal(p.unpack(), ids)
+    bits = rng.integers(0, 2, (1, 3000, 36, 32)).astype(np.uint8)
+    q = Packed.pack(bits)
+    assert q.nbytes == bits.nbytes // 8 == 432_000  # Infinity n=3000 at scale 3
+    assert np.array_equal(q.unpack(), bits)
+
+
+@pytest.mark.parametrize("code_shape", [(), (16,)])
+def test_code_table_embeds_like_the_model(code_shape):
+    rng = np.random.default_rng(1)
+    if code_shape:
+        codes = rng.integers(0, 2, (3, 50, 9, *code_shape)).astype(np.uint8)
+        w = rng.normal(size=(16, 5))
+        embed = lambda c: (c.astype(np.float64) @ w).astype(np.float32)  # noqa: E731
+    else:
+        codes = rng.integers(0, 40, (3, 50, 9))
+        book = rng.normal(size=(40, 5)).astype(np.float32)
+        embed = lambda c: book[c]  # noqa: E731
+    table = CodeTable.build(codes, len(code_shape), embed)
+    assert len(table.codes) < codes[..., 0].size if code_shape else len(table.codes) <= 40
+    for b in range(3):
+        np.testing.assert_array_equal(table(codes[b]), embed(codes[b]))
+
+
+def test_bad_options_are_refused():
+    from vardist.io.conditions import InputError
+
+    for kw, word in (({"actors": 0}, "actors"), ({"depth": 0}, "depth"),
+                     ({"address": "nonsense"}, "address"), ({"cpus_per_actor": 0}, "cpus")):
+        with pytest.raises(InputError, match=word):
+            RayOptions(**kw).check()
