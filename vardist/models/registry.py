@@ -118,7 +118,7 @@ def find_weight_files(spec: ModelSpec, weights_dir: str | Path | None) -> dict[s
 
 def _find_in(root: Path, fname: str) -> Path | None:
     direct = root / fname
-    if direct.is_file():
+    if direct.is_file() or (direct / "config.json").is_file():  # a file, or a model folder (T5)
         return direct
     # Hugging Face hub cache: ROOT[/hub]/models--ORG--NAME/snapshots/<rev>/FILE
     for hub in (root, root / "hub"):
@@ -126,6 +126,9 @@ def _find_in(root: Path, fname: str) -> Path | None:
             for snap in sorted(hub.glob(f"models--*/snapshots/*/{fname}")):
                 if snap.is_file():
                     return snap
+            # a whole repository as the folder: models--ORG--FNAME/snapshots/<rev>/
+            for cfg in sorted(hub.glob(f"models--*--{fname}/snapshots/*/config.json")):
+                return cfg.parent
     return None
 
 

@@ -253,10 +253,11 @@ class InfinityGenerator(ScaleWiseGenerator):
     @torch.no_grad()
     def generate(self, text: Sequence[torch.Tensor], *, cfg: float, tau: float, top_k: int, top_p: float,
                  seeds: Sequence[int], cfg_insertion_layer: int = 0,
-                 forced_bits: Sequence[torch.Tensor] | None = None):
+                 forced_bits: Sequence[torch.Tensor] | None = None, decode: bool = True):
         """The reference's autoregressive_infer_cfg on encoder features: (images uint8 RGB
         [B, H, W, 3], bits per scale [B, h, w, 32], sampler logits per scale [B, h*w, 32, 2]).
-        `forced_bits` replays given bits instead of sampling (the reference's gt_leak)."""
+        `forced_bits` replays given bits instead of sampling (the reference's gt_leak);
+        decode=False skips the VAE and returns None for the images."""
         smp = Sampling(cfg=cfg, top_k=top_k, top_p=top_p, tau=tau,
                        options={"cfg_insertion_layer": cfg_insertion_layer})
         state = self._open(text, list(text), seeds, smp)
@@ -270,7 +271,7 @@ class InfinityGenerator(ScaleWiseGenerator):
                 codes = self._sample(state, lg, [item_stream(sd, s) for sd in state.seeds], 1)[:, 0]
             self.advance(state, codes)
         bits = [m.view(B, h, w, -1) for m, (h, w) in zip(state.maps, self.schedule)]
-        return to_uint8(self.vae.decode(state.cache.summed)), bits, logits
+        return (to_uint8(self.vae.decode(state.cache.summed)) if decode else None), bits, logits
 
 
 # -- construction ----------------------------------------------------------------------------------

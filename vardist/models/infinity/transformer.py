@@ -168,6 +168,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
 
 
+def grid_positions(h: int, w: int, final_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column positions of an h x w map on the final grid: round(i * H/h) in float32,
+    round half to even (e.g. 6.5 -> 6, 67.5 -> 68), as the reference."""
+    r = (torch.arange(h, dtype=torch.float32) * (final_hw[0] / h)).round()
+    c = (torch.arange(w, dtype=torch.float32) * (final_hw[1] / w)).round()
+    return r, c
+
+
 def rope_table(schedule: Sequence[tuple[int, int]], final_hw: tuple[int, int],
                head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [sum h*w, head_dim/2] for every token of `schedule`: the first head_dim/4 pairs
@@ -177,9 +185,7 @@ def rope_table(schedule: Sequence[tuple[int, int]], final_hw: tuple[int, int],
     inv = 1.0 / (10000 ** (torch.arange(0, half, 2).float() / half))  # [head_dim/4]
     rows = []
     for h, w in schedule:
-        r = (torch.arange(h, dtype=torch.float32) * (final_hw[0] / h)).round()
-        c = (torch.arange(w, dtype=torch.float32) * (final_hw[1] / w)).round()
-        rr, cc = torch.meshgrid(r, c, indexing="ij")
+        rr, cc = torch.meshgrid(*grid_positions(h, w, final_hw), indexing="ij")
         rows.append(torch.cat((rr.reshape(-1, 1) * inv, cc.reshape(-1, 1) * inv), -1))
     ang = torch.cat(rows)
     return ang.cos(), ang.sin()
