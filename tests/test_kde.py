@@ -1,0 +1,251 @@
+import math
+
+import numpy as np
+import pytest
+
+from vardist.selection import METHODS, kde_density, log_kde_density, pooled_bandwidth
+from vardist.selection import kde
+from vardist.selection.synthetic import bit_pool, token_pool
+
+
+def loop_density(x, h=None):
+    """The authors' formula, transcribed with plain loops (h: None or one value per position)."""
+    n, P, d = x.shape
+    out = [0.0] * n
+    for i in range(P):
+        if h is None:
+            sig = 0.0
+            for c in range(d):
+                mu = sum(float(x[m, i, c]) for m in range(n)) / n
+                sig += math.sqrt(sum((float(x[m, i, c]) - mu) ** 2 for m in range(n)) / n)
+            hi = (sig / d) * (n * (d + 2) / 4) ** (-1 / (d + 4)) + 1e-6
+        else:
+            hi = float(h[i])
+        for j in range(n):
+            for m in range(n):
+                dist2 = sum((float(x[j, i, c]) - float(x[m, i, c])) ** 2 for c in range(d))
+                out[j] += math.exp(-dist2 / (2 * hi * hi))
+    return np.array(out)
+
+
+def authors_torch(x):
+    """The authors' code path: float32 torch.cdist per position, Silverman h pooled over B=1."""
+    torch = pytest.importorskip("torch")
+    xt = torch.from_numpy(np.asarray(x, np.float32)).permute(1, 0, 2)
+    n, d = x.shape[0], x.shape[2]
+    total = torch.zeros(n)
+    for xi in xt:
+        xi = xi[None]
+        d2 = torch.cdist(xi, xi, p=2) ** 2
+        h = ((n * (d + 2) / 4.0) ** (-1.0 / (d + 4)) * xi.std(dim=1, unbiased=False)).mean() + 1e-6
+        total += torch.exp(-d2 / (2 * h**2)).sum(-1)[0]
+    return total.numpy().astype(np.float64)
+
+
+def small_pool(seed=0, n=9, P=3, d=4):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, P, d)) * 0.7
+    x[3] = x[1]            # duplicates, so grouping has something to group
+    x[5, 0] = x[2, 0]
+    return x
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_matches_the_plain_loop(method):
+    x = small_pool()
+    np.testing.assert_allclose(kde_density(x, method), loop_density(x), rtol=1e-10)
+
+
+def test_bandwidth_override_matches_the_loop():
+    x = small_pool(1)
+    h = np.array([0.3, 1.1, 2.0])
+    np.testing.assert_allclose(kde_density(x, "exact", bandwidth=h), loop_density(x, h), rtol=1e-10)
+    np.testing.assert_allclose(kde_density(x, "grouped", bandwidth=0.5), loop_density(x, [0.5] * 3),
+                               rtol=1e-10)
+
+
+def test_exact_matches_the_authors_float32_code_path():
+    x = token_pool(300, 4, seed=3)
+    np.testing.assert_allclose(kde_density(x, "exact"), authors_torch(x), rtol=2e-5)
+
+
+def test_exact_is_blocked_without_changing_numbers(monkeypatch):
+    x = small_pool(2, n=40)
+    whole = kde_density(x, "exact")
+    monkeypatch.setattr(kde, "_BLOCK", 64)  # 1 row per block
+    np.testing.assert_allclose(kde_density(x, "exact"), whole, rtol=1e-12)
+
+
+@pytest.mark.parametrize("pool", ["tokens", "bits", "continuous"])
+def test_grouped_equals_exact(pool):
+    x = {"tokens": lambda: token_pool(500, 4, seed=1),
+         "bits": lambda: bit_pool(600, 3, seed=1),
+         "continuous": lambda: np.random.default_rng(1).normal(size=(300, 2, 8))}[pool]()
+    exact = kde_density(x, "exact")
+    np.testing.assert_allclose(kde_density(x, "grouped"), exact, rtol=1e-6)
+    np.testing.assert_allclose(kde_density(x, "auto"), exact, rtol=1e-6)
+
+
+def test_bits_take_the_split_plan_and_tokens_do_not():
+    bits = kde._position(bit_pool(2000, 1, seed=2), 0, "l2")
+    toks = kde._position(token_pool(2000, 1, seed=2), 0, "l2")
+    assert kde._split_plan(bits, len(kde._unique_rows(bits)[0])) is not None
+    assert kde._split_plan(toks, len(kde._unique_rows(toks)[0])) is None
+
+
+def test_split_plan_equals_dense_on_wide_bandwidth():
+    # a wide kernel makes every pair count, so the split product must carry all of them
+    x = kde._position(bit_pool(800, 1, seed=4), 0, "l2")
+    u, inv, counts = kde._unique_rows(x)
+    plan = kde._split_plan(x, len(u))
+    assert plan is not None
+    for h in (0.2, 1.5, 6.0):
+        np.testing.assert_allclose(kde._split_sums(x, h, plan[1]),
+                                   kde._kernel_sums(u, u, counts, h)[inv], rtol=1e-10)
+
+
+def test_far_apart_data_uses_the_overflow_safe_kernel():
+    x = small_pool(5) * 1e4  # |x|^2 / h^2 far beyond float64's exp range in the fast form
+    np.testing.assert_allclose(kde_density(x, "exact"), loop_density(x), rtol=1e-10)
+    np.testing.assert_allclose(kde_density(x, "exact", bandwidth=50.0),
+                               loop_density(x, [50.0] * 3), rtol=1e-10)
+
+
+def test_unique_rows_groups_negative_zero_and_matches_numpy():
+    x = np.array([[0.0, 1.0], [-0.0, 1.0], [2.0, 3.0], [0.0, 1.0], [2.0, 3.0]])
+    u, inv, counts = kde._unique_rows(kde._position(x[:, None, :], 0, "l2"))
+    assert len(u) == 2 and sorted(counts.tolist()) == [2.0, 3.0]
+    np.testing.assert_array_equal(u[inv], np.abs(x))
+
+
+def top_agree(approx, exact, k=10):
+    """Top-k by approx carry the same exact densities as the true top-k (ties may swap)."""
+    ours = np.sort(exact[np.argsort(-approx, kind="stable")[:k]])
+    best = np.sort(exact)[-k:]
+    return np.allclose(ours, best, rtol=1e-9)
+
+
+@pytest.mark.parametrize("pool", ["tokens", "bits"])
+def test_faiss_matches_exact_on_token_like_data(pool):
+    x = token_pool(1500, 4, seed=7) if pool == "tokens" else bit_pool(1500, 4, seed=7)
+    exact = kde_density(x, "exact")
+    approx = kde_density(x, "faiss", k_neighbors=64)
+    assert np.abs(approx / exact - 1).max() < 1e-6
+    assert top_agree(approx, exact, 10) and top_agree(approx, exact, 50)
+
+
+def test_faiss_ivf_index_on_many_distinct_vectors(monkeypatch):
+    monkeypatch.setattr(kde, "IVF_MIN", 100)  # force the IVF index on a small pool
+    x = token_pool(2000, 2, seed=8)
+    exact = kde_density(x, "exact")
+    approx = kde_density(x, "faiss", k_neighbors=32, nprobe=8)
+    assert np.abs(approx / exact - 1).max() < 1e-3
+    assert top_agree(approx, exact, 10)
+
+
+def test_faiss_is_a_lower_bound_within_its_tail_bound():
+    # continuous data with a few neighbours: truncation error is real and bounded
+    x = np.random.default_rng(9).normal(size=(400, 1, 3))
+    exact = kde_density(x, "exact")
+    k = 20
+    approx = kde_density(x, "faiss", k_neighbors=k)
+    assert (approx <= exact * (1 + 1e-12)).all() and (approx < exact * (1 - 1e-6)).any()
+    xi = kde._position(x, 0, "l2")
+    h = kde._silverman(xi)
+    d2 = ((xi[:, None] - xi[None]) ** 2).sum(-1)
+    kth = np.sort(d2, axis=1)[:, k - 1]
+    assert (exact - approx <= (400 - k) * np.exp(-kth / (2 * h * h)) + 1e-9).all()
+    np.testing.assert_allclose(kde_density(x, "faiss", k_neighbors=400), exact, rtol=1e-10)
+
+
+def test_auto_falls_back_to_faiss_for_expensive_continuous_positions(monkeypatch):
+    monkeypatch.setattr(kde, "AUTO_COST_MAX", 1)
+    x = np.random.default_rng(10).normal(size=(300, 1, 3))
+    np.testing.assert_array_equal(kde_density(x, "auto", k_neighbors=10),
+                                  kde_density(x, "faiss", k_neighbors=10))
+
+
+def test_log_kde_density_matches_sklearn():
+    sk = pytest.importorskip("sklearn.neighbors")
+    x = token_pool(200, 4, d=8, seed=11)
+    flat = x.reshape(200, -1).astype(np.float64)
+    n, D = flat.shape
+    h = (n * (D + 2) / 4) ** (-1 / (D + 4)) * flat.std(axis=0).mean() + 1e-6
+    ref = sk.KernelDensity(bandwidth=h).fit(flat).score_samples(flat)
+    np.testing.assert_allclose(log_kde_density(x), ref, rtol=1e-10)
+    np.testing.assert_allclose(log_kde_density(flat, bandwidth=0.9),
+                               sk.KernelDensity(bandwidth=0.9).fit(flat).score_samples(flat), rtol=1e-10)
+
+
+def test_authors_score_is_sklearn_density_rescaled_per_position():
+    sk = pytest.importorskip("sklearn.neighbors")
+    x = bit_pool(300, 3, seed=12).astype(np.float64)
+    n, P, d = x.shape
+    want = np.zeros(n)
+    for i in range(P):
+        h = kde._silverman(x[:, i])
+        logp = sk.KernelDensity(bandwidth=h).fit(x[:, i]).score_samples(x[:, i])
+        want += np.exp(logp + np.log(n) + d / 2 * np.log(2 * np.pi) + d * np.log(h))
+    np.testing.assert_allclose(kde_density(x), want, rtol=1e-9)
+
+
+def test_cosine_is_l2_on_normalised_vectors():
+    x = small_pool(13)
+    unit = x / np.linalg.norm(x, axis=2, keepdims=True)
+    np.testing.assert_allclose(kde_density(x, metric="cosine"), loop_density(unit), rtol=1e-10)
+    scaled = x * np.random.default_rng(0).uniform(0.5, 3.0, size=(9, 3, 1))  # per-vector scale
+    np.testing.assert_allclose(kde_density(scaled, metric="cosine"),
+                               kde_density(x, metric="cosine"), rtol=1e-9)
+    x[0, 0] = 0.0  # a zero vector stays zero instead of dividing by zero
+    assert np.isfinite(kde_density(x, metric="cosine")).all()
+
+
+def test_pooled_bandwidth_follows_the_authors_batch_mean():
+    xs = np.stack([token_pool(60, 4, d=8, seed=s) for s in range(3)]).astype(np.float64)
+    B, n, P, d = xs.shape
+    want = (n * (d + 2) / 4) ** (-1 / (d + 4)) * xs.std(axis=1).mean(axis=(0, 2)) + 1e-6
+    np.testing.assert_allclose(pooled_bandwidth(xs), want, rtol=1e-12)
+    np.testing.assert_allclose(pooled_bandwidth(list(xs)), want, rtol=1e-12)
+    np.testing.assert_allclose(kde_density(xs[1], bandwidth=pooled_bandwidth(xs)),
+                               loop_density(xs[1], want), rtol=1e-10)
+    # a batch of one is the per-item rule
+    np.testing.assert_allclose(kde_density(xs[0], bandwidth=pooled_bandwidth(xs[:1])),
+                               kde_density(xs[0]), rtol=1e-12)
+
+
+def test_single_candidate_scores_one_per_position():
+    x = np.random.default_rng(0).normal(size=(1, 5, 4))
+    for method in METHODS:
+        np.testing.assert_allclose(kde_density(x, method), [5.0])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full((4, 2, 3), np.nan), "non-finite value nan at index"),
+    (np.array([[[0.0, np.inf]]]), r"non-finite value inf at index \(0, 0, 1\)"),
+    (np.zeros((4, 3)), r"\[n, P, d\].*shape \(4, 3\)"),
+    (np.zeros((2, 4, 3, 1)), r"\[n, P, d\]"),
+    (np.zeros((0, 2, 3)), "n >= 1"),
+    (np.zeros((3, 2, 3), dtype=bool), "dtype bool"),
+])
+def test_bad_pools_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        kde_density(bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "kdtree"}, "unknown KDE method 'kdtree'"),
+    ({"metric": "manhattan"}, "unknown metric 'manhattan'"),
+    ({"bandwidth": -1.0}, "bandwidth must be finite and > 0"),
+    ({"bandwidth": [1.0, 2.0]}, r"one value per position \(3\)"),
+    ({"k_neighbors": 0}, "k_neighbors must be >= 1, got 0"),
+])
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kde_density(np.zeros((4, 3, 2)), **kwargs)
+
+
+def test_pooled_bandwidth_refuses_mixed_shapes():
+    with pytest.raises(ValueError, match="share one shape"):
+        pooled_bandwidth([np.zeros((4, 2, 3)), np.zeros((5, 2, 3))])
+    with pytest.raises(ValueError, match=r"\[B, n, P, d\]"):
+        pooled_bandwidth(np.zeros((4, 2, 3)))
