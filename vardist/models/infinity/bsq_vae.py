@@ -222,7 +222,7 @@ def _nest_keys(sd: Mapping[str, torch.Tensor], own: set[str]) -> dict[str, torch
     for k, v in sd.items():
         if k not in own:
             head, _, leaf = k.rpartition(".")
-            for wrap in ("conv", "norm", "conv.conv"):
+            for wrap in ("conv", "norm"):
                 if f"{head}.{wrap}.{leaf}" in own:
                     k = f"{head}.{wrap}.{leaf}"
                     break
