@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import zlib
 
-import pytest
 import torch
-
-import vardist.selection
 
 from vardist.models.interface import GenState, Sampling, ScaleWiseGenerator
 from vardist.models.registry import SearchDefaults
@@ -126,7 +123,3 @@ def register_doubles(monkeypatch) -> list[str]:
         monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
     return built
 
-
-# TEMPORARY: until vardist.selection exports kde_density / select (issue 2), skip what needs them.
-needs_selection = pytest.mark.skipif(not hasattr(vardist.selection, "select"),
-                                     reason="vardist.selection.select has not landed yet")

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from scalewise_double import needs_selection, register_doubles
+from scalewise_double import register_doubles
 from vardist_cli.main import app
 
 runner = CliRunner()
@@ -22,7 +22,6 @@ def built(monkeypatch):
     return register_doubles(monkeypatch)
 
 
-@needs_selection
 def test_search_writes_class_layout_and_resumes(built, tmp_path):
     out = tmp_path / "digits"
     args = ["search", "--model", "test-double", "--classes", "0-2", "--per-class", "2",
@@ -44,7 +43,6 @@ def test_search_writes_class_layout_and_resumes(built, tmp_path):
     assert arr.shape == (6, 8, 8, 3) and arr.dtype == np.uint8
 
 
-@needs_selection
 def test_search_prompts_geneval_layout(built, tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "a photo of a cow"}\n')

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vardist
-from scalewise_double import CLASSES, DoubleModel, needs_selection, register_doubles
+from scalewise_double import CLASSES, DoubleModel, register_doubles
 from vardist.engine import pipeline
 from vardist.engine.plan import canonical_batches, item_seed, plan_items
 from vardist.io import outputs
@@ -51,7 +51,6 @@ def test_strategy_none_is_plain_generation():
     assert m.calls["draw_pool"] == 2  # 6 items in batches of 4, pools of one candidate
 
 
-@needs_selection
 def test_same_seed_same_bytes_and_token_maps_independent_of_batch_size(tmp_path):
     m = DoubleModel()
     r1 = vardist.search(m, **SEARCH, batch_size=4, out=tmp_path / "a")
@@ -68,7 +67,6 @@ def test_same_seed_same_bytes_and_token_maps_independent_of_batch_size(tmp_path)
     assert all(np.array_equal(a.maps[-1], b.maps[-1]) for a, b in zip(other, r1[9:12]))
 
 
-@needs_selection
 def test_local_continuation_equals_teacher_forced_resume():
     m = DoubleModel()
     job, _ = vardist.api.plan_search(m, **SEARCH)
@@ -83,7 +81,6 @@ def test_local_continuation_equals_teacher_forced_resume():
     assert pool.codes.shape == (len(batch), 24, 4) and pool.codes.dtype == np.int64
 
 
-@needs_selection
 def test_pooled_bandwidth_over_one_item_is_the_item_bandwidth():
     m = DoubleModel()
     job, _ = vardist.api.plan_search(m, **SEARCH, batch_size=1)
@@ -97,7 +94,6 @@ def test_pooled_bandwidth_over_one_item_is_the_item_bandwidth():
     assert item.index == pooled.index
 
 
-@needs_selection
 def test_resume_after_kill_writes_exactly_the_uninterrupted_images(tmp_path, monkeypatch):
     m = DoubleModel()
     vardist.search(m, **SEARCH, batch_size=4, out=tmp_path / "full")
@@ -125,7 +121,6 @@ def test_resume_after_kill_writes_exactly_the_uninterrupted_images(tmp_path, mon
     assert again.calls["draw_pool"] == 0
 
 
-@needs_selection
 def test_deleted_image_is_redone_in_its_batch(tmp_path):
     m = DoubleModel()
     out = tmp_path / "run"
@@ -137,7 +132,6 @@ def test_deleted_image_is_redone_in_its_batch(tmp_path):
     assert pngs(out) == before and m2.calls["draw_pool"] == 1
 
 
-@needs_selection
 def test_rerun_with_other_settings_is_refused(tmp_path):
     m = DoubleModel()
     vardist.search(m, **SEARCH, out=tmp_path)
@@ -145,7 +139,6 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
         vardist.search(m, **{**SEARCH, "alpha": 2.0}, out=tmp_path)
 
 
-@needs_selection
 def test_run_log_columns_and_candidate_table(tmp_path):
     m = DoubleModel()
     res = vardist.search(m, **SEARCH, batch_size=4, out=tmp_path, log_candidates=True)
@@ -173,7 +166,6 @@ def test_run_log_columns_and_candidate_table(tmp_path):
     assert doc["config"]["settings"]["n"] == 24 and doc["config"]["images"] == 15
 
 
-@needs_selection
 def test_prompt_layout_geneval(tmp_path):
     lines = ['{"tag": "color_attr", "prompt": "a red bench"}', '{"prompt": "a blue cow"}']
     f = tmp_path / "p.jsonl"
@@ -189,7 +181,6 @@ def test_prompt_layout_geneval(tmp_path):
         assert outputs.read_png(folder / "grid.png").shape == (16, 16, 3)  # 2x2 of 8x8
 
 
-@needs_selection
 def test_images_in_memory_without_out():
     res = vardist.search(DoubleModel(), classes=[1, 2], samples=2, n=6)
     assert [r.path for r in res] == [None] * 4
@@ -197,7 +188,6 @@ def test_images_in_memory_without_out():
     assert res.table().num_rows == 4
 
 
-@needs_selection
 def test_registered_model_loads_with_spec_defaults(built, tmp_path):
     res = vardist.search("test-double", classes="all", samples=1, out=tmp_path)
     assert built == ["test-double"] and len(res) == CLASSES

@@ -16,11 +16,10 @@ import numpy as np
 
 from vardist.io.conditions import InputError
 from vardist.models.interface import Sampling
+from vardist.selection import METHODS as KDE_METHODS
+from vardist.selection import METRICS, STRATEGIES
 
-STRATEGIES = ("var-scaling", "infinity", "top-k", "random-k", "small-k", "none")
 BANDWIDTHS = ("item", "batch")  # per-item bandwidth, or pooled over the batch as the authors do
-KDE_METHODS = ("auto", "exact", "grouped", "faiss")
-METRICS = ("l2", "cosine")
 
 _SELECT_KEY = 0x5E1EC7  # spawn key separating an item's selection rng from its sampling streams
 
