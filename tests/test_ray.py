@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import vardist
+
 ray = pytest.importorskip("ray")
 
 import ray_toy_model  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -28,12 +30,21 @@ SETTINGS = SearchSettings(scale=2, n=24, strategy="var-scaling", alpha=1.5, rep=
 
 @pytest.fixture(scope="module")
 def ray_instance():
+    """A two-node cluster on this machine: a CPU head (the driver's node) and a worker node
+    with two fake GPUs, so the engine takes its GPU path (one actor per GPU) across nodes."""
+    from ray.cluster_utils import Cluster
+
     # Actors unpickle the toy model; ship its module by value (tests/ is not installed).
     ray.cloudpickle.register_pickle_by_value(ray_toy_model)
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=2, num_gpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False,
              configure_logging=False)
-    yield
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
 
 
 def make_job(out: Path | None, samples: int = 6, batch_size: int = 2, **kw) -> Job:
@@ -57,12 +68,19 @@ def reference(ray_instance, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray") / "reference"
     res = run_ray(make_job(out), actors=1)
     assert res.stats == {"actors": 1, "replaced": 0, "redone": 0}
+    assert ray.cluster_resources()["GPU"] == 2  # the actors below are GPU actors
     return out, res
 
 
 def test_one_and_two_actors_write_identical_bytes(reference, tmp_path):
     ref_out, ref = reference
-    res = run_ray(make_job(tmp_path), actors=2)
+    # Through the public API this time: vardist.search(..., engine="ray", actors=2).
+    s = SETTINGS
+    res = vardist.search(ToyScaleModel(), classes="0-2", samples=6, seed=7, batch_size=2,
+                         out=tmp_path, engine="ray", actors=2, scale=s.scale, n=s.n,
+                         strategy=s.strategy, alpha=s.alpha, rep=s.rep,
+                         conflict_thresh=s.conflict_thresh, k=s.k, cfg=s.cfg, top_k=s.top_k,
+                         top_p=s.top_p, tau=s.tau)
     assert res.stats["actors"] == 2
     want = png_bytes(ref_out)
     assert len(want) == 18 and png_bytes(tmp_path) == want
@@ -117,9 +135,22 @@ def test_cluster_too_small_is_refused_before_work(ray_instance, tmp_path):
     from vardist.io.conditions import InputError
 
     job = make_job(tmp_path / "big")
-    with pytest.raises(InputError, match="cannot place 5 generator actors"):
+    with pytest.raises(InputError, match="cannot place 3 generator actors"):
         ray_engine.run(job, None, Recorder(job, {}),
-                       options=RayOptions(actors=5, cpus_per_actor=1, placement_timeout_s=1))
+                       options=RayOptions(actors=3, placement_timeout_s=1))  # 2 GPUs
+
+
+def test_actor_shape_one_per_gpu_else_cpu_slots():
+    class FakeRay:
+        def __init__(self, res):
+            self.cluster_resources = lambda: res
+
+    shape = ray_engine._actor_shape
+    assert shape(FakeRay({"CPU": 96, "GPU": 8}), RayOptions()) == (8, {"GPU": 1.0, "CPU": 1.0}, None)
+    assert shape(FakeRay({"CPU": 96, "GPU": 8}), RayOptions(actors=3))[0] == 3
+    assert shape(FakeRay({"CPU": 2}), RayOptions()) == (1, {"CPU": 1.0}, 1)
+    assert shape(FakeRay({"CPU": 4}), RayOptions(actors=2, cpus_per_actor=2)) == (
+        2, {"CPU": 2.0}, 2)
 
 
 # --- transport (no Ray needed) ------------------------------------------------------------

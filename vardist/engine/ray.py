@@ -216,11 +216,11 @@ class _ActorSet:
         self.replaced = 0
 
     def _spawn(self, i: int) -> Any:
-        # max_restarts/max_task_retries: a crashed worker process is restarted by Ray and its
-        # queued calls rerun transparently; an actor killed for good is replaced below.
+        # No Ray-side restarts: whether the process crashed or was killed, the driver sees
+        # RayActorError for every call the actor held, replaces it and resubmits those calls.
         return self.cls.options(
-            name=f"vardist-{self.tag}-{i}.{self.generation[i]}", scheduling_strategy=self._strategy(i),
-            max_restarts=1, max_task_retries=1).remote(*self.init)
+            name=f"vardist-{self.tag}-{i}.{self.generation[i]}",
+            scheduling_strategy=self._strategy(i), max_restarts=0).remote(*self.init)
 
     def replace(self, slot: int, dead: Any, error: BaseException) -> None:
         if self.handles[slot] is not dead:  # another of its tasks already triggered this
