@@ -166,8 +166,11 @@ class FlexVAE(nn.Module):
         return self.quant_conv(self.encoder(img))
 
     def encode(self, img: torch.Tensor, schedule: Sequence[int]) -> list[torch.Tensor]:
-        """Token maps of every scale: the latent area-resized to pn x pn, quantised on its own."""
-        h = self.encode_latent(img)
+        """Images -> token maps [B, pn*pn] of every scale of `schedule`."""
+        return self.quantize_scales(self.encode_latent(img), schedule)
+
+    def quantize_scales(self, h: torch.Tensor, schedule: Sequence[int]) -> list[torch.Tensor]:
+        """Each scale quantises the whole latent area-resized to pn x pn on its own (no residual)."""
         return [self.quantize.lookup(F.interpolate(h, size=(pn, pn), mode="area")) for pn in schedule]
 
     def code_vectors(self, idx: torch.Tensor) -> torch.Tensor:
