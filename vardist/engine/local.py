@@ -1,15 +1,22 @@
-"""The local engine: the whole search in one process, one canonical batch at a time.
+"""The local engine: the whole search in one process, over the plan's canonical batches.
 
 Per batch: prefix + pool on the model's device, densities and choices on the CPU, continuation
-from the kept generator state (no teacher-forced recomputation), PNGs and a log part. A batch
-whose items are all finished is skipped; a partly finished one is recomputed whole (so each
-image is computed in the same company as in an uninterrupted run) and only its missing images
-are written.
+from the kept generator state (no teacher-forced recomputation), PNGs and a log part. Selection
+and writing run on one helper thread, so the device draws the next batch's pool while the CPU
+selects this one's candidates, and encodes PNGs while the device finishes images:
+
+    main (device):  pool 0 | pool 1 | finish 0 | pool 2 | finish 1 | ...
+    helper (CPU):          | sel 0  | sel 1    | write 0 | sel 2   | write 1 ...
+
+A batch whose items are all finished is skipped; a partly finished one is recomputed whole (so
+each image is computed in the same company as in an uninterrupted run) and only its missing
+images are written. Writes happen in batch order and stop at the first failure, like a kill.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from vardist.engine import pipeline
@@ -24,8 +31,7 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
     """Run `job` with a loaded model; returns one Result per item, in item order."""
     total = len(job.items)
     results: dict[int, Result] = {}
-    skipped = []
-    todo_batches = []
+    todo_batches, skipped = [], []
     for bi, batch in enumerate(job.batches()):
         todo = recorder.todo(batch)
         if todo:
@@ -33,22 +39,47 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
         skipped += [it for it in batch if it not in todo]
     for r in recorder.earlier(skipped):
         results[r.item.index] = r
-    done = len(skipped)
     if progress:
-        progress(done, total)
+        progress(len(results), total)
     embed = pipeline.embedder(model)
-    for bi, batch in todo_batches:
-        pool = pipeline.prefix_and_pool(model, batch, job.settings, keep_state=True)
-        choices = pipeline.select_batch(pool.codes, embed, pool.seeds, job.settings,
-                                        keep_density=job.log_candidates)
-        t0 = time.perf_counter()
-        images, maps = pipeline.continue_batch(model, batch, job.settings, pool.prefix,
-                                               pipeline.chosen_codes(pool, choices), pool.state)
-        finish_s = time.perf_counter() - t0
-        for r in recorder.record(bi, batch, choices, images, maps, pool.seconds, finish_s):
+    settings = job.settings
+
+    def write(bi, batch, choices, images, maps, pool_s, finish_s, before: Future | None) -> None:
+        if before is not None:
+            before.result()  # an earlier write failed: stop here, as a killed run would
+        for r in recorder.record(bi, batch, choices, images, maps, pool_s, finish_s):
             results[r.item.index] = r
-        done = len(results)
         if progress:
-            progress(done, total)
+            progress(len(results), total)
+
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vardist-select-write")
+    last_write: Future | None = None
+    try:
+        prev = None
+        for entry in [*todo_batches, None]:
+            cur = None
+            if entry is not None:
+                bi, batch = entry
+                pool = pipeline.prefix_and_pool(model, batch, settings, keep_state=True)
+                chosen = helper.submit(pipeline.select_batch, pool.codes, embed, pool.seeds,
+                                       settings, keep_density=job.log_candidates)
+                cur = (bi, batch, pool, chosen)
+            if prev is not None:
+                pbi, pbatch, ppool, pchosen = prev
+                choices = pchosen.result()
+                t0 = time.perf_counter()
+                images, maps = pipeline.continue_batch(
+                    model, pbatch, settings, ppool.prefix, pipeline.chosen_codes(ppool, choices),
+                    ppool.state)
+                ppool.state = None  # free the KV cache now
+                last_write = helper.submit(write, pbi, pbatch, choices, images, maps,
+                                           ppool.seconds, time.perf_counter() - t0, last_write)
+                if last_write.done() and last_write.exception() is not None:
+                    break
+            prev = cur
+        if last_write is not None:
+            last_write.result()  # re-raises the first failed write
+    finally:
+        helper.shutdown(wait=True, cancel_futures=True)
     recorder.close()
     return SearchResults(results[i] for i in sorted(results))

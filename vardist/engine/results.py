@@ -19,8 +19,8 @@ from vardist.io.runlog import ROW_SCHEMA, RunLog
 
 @dataclass
 class Result:
-    """One image of a search. `image` is kept in memory only when no output folder is given;
-    `maps` (the token maps of every scale) only for images computed in this call."""
+    """One image of a search. With no output folder, `image` and `maps` (the codes of every
+    scale) are kept in memory; with one, `path` says where the image is."""
 
     item: WorkItem
     chosen: int
@@ -80,7 +80,7 @@ class Recorder:
             if (it.condition_index, it.sample_index) in self.finished:
                 continue
             res = Result(it, ch.index, ch.branch, ch.density_max, ch.density_mean,
-                         ch.density_chosen, maps=[m[b] for m in maps])
+                         ch.density_chosen)
             t0 = time.perf_counter()
             if self.out:
                 rel = outputs.image_relpath(job.condition_kind, it.condition_index,
@@ -103,8 +103,9 @@ class Recorder:
                                "sample_index": it.sample_index, "candidate": j,
                                "density": float(d), "shortlisted": j in short,
                                "chosen": j == ch.index} for j, d in enumerate(ch.density)]
-            else:
+            else:  # in memory: the image and its token maps (too big to keep for a full run)
                 res.image = np.array(images[b])
+                res.maps = [np.array(m[b]) for m in maps]
             results.append(res)
         if self.log:
             self.log.write_part(rows, cands)
