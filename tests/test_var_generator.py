@@ -127,3 +127,14 @@ def test_bad_input_is_refused(gen):
         gen.run_scales(state, 5)
     with pytest.raises(ValueError, match="map 1"):
         gen.resume([1], [0], SAMPLING, [torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long)])
+
+
+def test_low_temperature_is_greedy(gen):
+    cold = Sampling(cfg=1.5, top_k=0, top_p=0.0, tau=1e-4)
+    state = gen.start([2, 3], [1, 2], cold)
+    gen.run_scales(state, 2)
+    pool = gen.draw_pool(state, 20)
+    greedy = gen.start([2, 3], [1, 2], Sampling(cfg=1.5, top_k=1))
+    gen.run_scales(greedy, 3)
+    assert torch.equal(state.maps[1], greedy.maps[1])
+    assert (pool == greedy.maps[2][:, None]).all()

@@ -1,8 +1,8 @@
 """VAR behind the scale-wise generator interface, plus the reference-parity entry points.
 
 Per scale k: the transformer sees the cond and uncond halves of a doubled batch (CFG), the
-logits are mixed with weight t = cfg * k / (S - 1) as (1 + t) * cond - t * uncond, filtered by
-top-k / top-p, and kept in the state until the scale is advanced. So the scale-k forward pass
+logits are mixed with weight t = cfg * k / (S - 1) as (1 + t) * cond - t * uncond, divided by
+the temperature tau (1 in the reference), filtered by top-k / top-p, and kept in the state until the scale is advanced. So the scale-k forward pass
 runs once whether the caller samples (`run_scales`) or draws a pool and then `advance`s.
 """
 
@@ -101,6 +101,8 @@ class VARGenerator(ScaleWiseGenerator):
             lg = self.var.step(c.cond, x, si, c.kv)
             t = state.sampling.cfg * si / (S - 1) if S > 1 else 0.0
             mixed = (1 + t) * lg[:B] - t * lg[B:]
+            if state.sampling.tau != 1.0:  # the reference has no temperature; tau = 1 keeps it exact
+                mixed = mixed / state.sampling.tau
             c.logits = filter_top_k_top_p(mixed, state.sampling.top_k, state.sampling.top_p)
         return c.logits
 
@@ -198,9 +200,9 @@ class VARGenerator(ScaleWiseGenerator):
         """The training forward: logits [B, L, V] for every token given the true maps of all scales."""
         if len(maps) != self.num_scales:
             raise ValueError(f"need token maps for all {self.num_scales} scales, got {len(maps)}")
-        _, xs = self.vae.quantize.accumulate([m.to(self.device) for m in maps[:-1]])
+        x = self.vae.quantize.teacher_forcing_input([m.to(self.device) for m in maps[:-1]])
         labels = torch.as_tensor(labels, device=self.device).long()
-        return self.var(labels, torch.cat(xs, 1)).cpu()
+        return self.var(labels, x).cpu()
 
     @torch.inference_mode()
     def generate(self, labels: torch.Tensor | Sequence[int], *, cfg: float = 1.5, top_k: int = 0,

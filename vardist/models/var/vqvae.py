@@ -292,6 +292,10 @@ class VectorQuantizer(nn.Module):
                 xs.append(self.next_input(f_hat, si))
         return f_hat, xs
 
+    def teacher_forcing_input(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Transformer inputs of scales 1..k from maps r_0..r_{k-1}: [B, sum pn^2, C]."""
+        return torch.cat(self.accumulate(maps)[1], 1)
+
 
 class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig = VQVAEConfig()) -> None:
