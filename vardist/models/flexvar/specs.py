@@ -18,6 +18,8 @@ VAE_FILE = "FlexVAE.pth"
 SOURCE = "https://huggingface.co/jiaosiyu1999/FlexVAR"
 VAR_FILES = {16: "FlexVARd16-epo179.pth", 20: "FlexVARd20-epo249.pth", 24: "FlexVARd24-epo349.pth"}
 FID = {16: "3.05", 20: "2.41", 24: "2.21"}
+# The reference fixture (random weights, FlexVAR layout): runs the whole pipeline anywhere.
+TINY_FILES = ("config.json", "vae.pth", "var.pth")
 DEFAULTS = SearchDefaults(scale=2, n=50, strategy="var-scaling", alpha=2.6, rep=10, cfg=2.5,
                           top_k=900, top_p=0.95)
 
@@ -42,6 +44,24 @@ def build(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
     return build_generator(vae_cfg, var_cfg, files[VAE_FILE], files[VAR_FILES[depth]],
                            schedule=schedule or DEFAULT_SCHEDULE, device=device)
 
+
+def build_tiny(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
+    import json
+
+    from vardist.models.flexvar.generator import build as build_generator
+    from vardist.models.flexvar.generator import configs_from_fixture
+
+    vae_cfg, var_cfg, default = configs_from_fixture(json.loads(files["config.json"].read_text()))
+    return build_generator(vae_cfg, var_cfg, files["vae.pth"], files["var.pth"],
+                           schedule=schedule or default, device=device)
+
+
+register(ModelSpec(
+    name="flexvar-tiny", family="flexvar",
+    description="FlexVAR reference fixture (random weights, 2 blocks): pipeline tests, not images",
+    defaults=DEFAULTS, files=TINY_FILES,
+    source="shared/fixtures/flexvar-tiny (made by the steering repo's tools/make_flexvar_fixture.py)",
+    num_scales=10, condition_kind="class", num_classes=1000, builder=build_tiny))
 
 for _depth, _file in VAR_FILES.items():
     register(ModelSpec(
