@@ -59,7 +59,6 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
     args = dict(locals())
     del args["progress"], args["engine_options"]
     job, config = plan_search(**args, **engine_options)
-    recorder = Recorder(job, config)
     if engine == "ray":
         try:
             ray_engine = importlib.import_module("vardist.engine.ray")
@@ -68,12 +67,13 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
                 raise
             raise InputError("the Ray engine (vardist.engine.ray) is not available in this "
                              "installation; use engine='local'", param="engine") from e
-        instance = job.model if isinstance(job.model, ScaleWiseGenerator) else None
+    recorder = Recorder(job, config)  # opens run.json: refuses a folder with other settings
+    instance = job.model if isinstance(job.model, ScaleWiseGenerator) else None
+    if engine == "ray":  # actors load the model by name themselves, or get the instance
         return ray_engine.run(job, instance, recorder, progress, **engine_options)
     from vardist.engine import local
 
-    loaded = job.model if isinstance(job.model, ScaleWiseGenerator) else registry.load(
-        job.model, weights, device)
+    loaded = instance or registry.load(job.model, weights, device)
     _check_loaded(loaded, job)
     return local.run(job, loaded, recorder, progress)
 
