@@ -43,6 +43,8 @@ def test_pool_candidate_zero_is_the_plain_sample(gen):
     plain = _plain(gen, [3, 7], [11, 12], k + 1)
     assert torch.equal(pool[:, 0], plain.maps[k])
     assert len({tuple(c) for c in pool[0].tolist()}) > 1  # the draws are not all the same
+    gen.advance(state, pool[:, 0])  # strategy "none": candidate 0 gives the plain image
+    assert torch.equal(gen.finish(state), gen.finish(plain))
 
 
 def test_pool_prefix_property_and_chunking(gen):

@@ -39,6 +39,10 @@ def to_uint8(img01: torch.Tensor) -> torch.Tensor:
 
 
 class VARGenerator(ScaleWiseGenerator):
+    """A VQVAE + VAR transformer pair driven scale by scale (`interface.py`). Codes are token ids
+    [B, pn^2]; embeddings are their codebook vectors [.., P, Cvae]. Build it with
+    `from_state_dicts`, `vardist.models.load("var-d16", dir)` or `from_fixture(folder)`."""
+
     family = "var"
     code_shape = ()
     condition_kind = "class"
