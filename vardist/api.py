@@ -150,10 +150,10 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
             raise InputError(f"{name} must be an integer >= {low}, got {value!r}", param=name)
 
     # Where it goes, and what it needs.
-    if out is not None:
-        check_writable(out)
     if spec is not None and registry.find_weight_files(spec, weights) is None:
         raise registry.missing_weights_error(spec, weights)
+    if out is not None:
+        check_writable(out)
 
     job = Job(model=model, settings=settings, conditions=conditions, samples=samples, seed=seed,
               batch_size=batch_size, weights=str(weights) if weights else None, device=device,

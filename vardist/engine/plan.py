@@ -9,7 +9,8 @@ the same images.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,6 +45,15 @@ class SearchSettings:
     kde_method: str = "auto"
     metric: str = "l2"
 
+    def __post_init__(self) -> None:
+        # numpy scalars and the like become plain ints / floats (run.json compares them)
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and not isinstance(v, bool) and hasattr(v, "__index__"):
+                object.__setattr__(self, f.name, int(v))
+            elif f.type == "float" and isinstance(v, numbers.Real) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+
     def sampling(self) -> Sampling:
         return Sampling(cfg=self.cfg, top_k=self.top_k, top_p=self.top_p, tau=self.tau)
 
@@ -54,6 +64,10 @@ class SearchSettings:
 
     def check(self, num_scales: int | None) -> None:
         """Raise InputError naming the first bad setting and how to fix it."""
+        for name in ("scale", "n", "rep", "k", "top_k"):
+            v = getattr(self, name)
+            _need(isinstance(v, int) and not isinstance(v, bool), name,
+                  f"{name} must be an integer, got {v!r}")
         _need(self.strategy in STRATEGIES, "strategy",
               f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         _need(self.n >= 1, "n", f"n must be >= 1 (the pool size), got {self.n}")
