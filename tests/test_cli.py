@@ -87,3 +87,17 @@ def test_models_table_lists_registry_with_weights_status(built, tmp_path):
 def test_pack_refuses_a_folder_without_images(tmp_path):
     r = runner.invoke(app, ["pack", str(tmp_path)])
     assert r.exit_code == 2 and "no class-layout images" in flat(r.output)
+
+
+def test_every_api_option_has_a_cli_option_with_help():
+    import inspect
+
+    import typer.main
+
+    from vardist.api import search
+
+    api = set(inspect.signature(search).parameters) - {"model", "progress", "engine_options"}
+    cmd = typer.main.get_command(app).commands["search"]
+    cli = {p.name: p for p in cmd.params}
+    assert api <= set(cli), api - set(cli)
+    assert all(cli[name].help for name in api)
