@@ -4,23 +4,17 @@ and the scale-wise interface on the tiny model (fixture weights + tiny random T5
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import pytest
 import torch
 
 from vardist.models import registry
 from vardist.models.checkpoint import CheckpointMismatch, read_state_dict
-from vardist.models.infinity import BSQVAE, BSQVAEConfig, Infinity, InfinityConfig, build, from_fixture
+from vardist.models.infinity import BSQVAE, BSQVAEConfig, Infinity, InfinityConfig, build
 from vardist.models.infinity.generator import fixture_configs
 from vardist.models.infinity.schedules import RATIO_SCHEDULES, h_div_w_template, scale_schedule
 from vardist.models.infinity.transformer import grid_positions
 from vardist.models.interface import Sampling
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "infinity-tiny"
-NOTES = SHARED / "notes" / "reference-architectures.md"
-needs_fixture = pytest.mark.skipif(not (FIXTURE / "config.json").is_file(), reason="infinity-tiny fixture not found")
 SMP = Sampling(cfg=4.0, top_k=900, top_p=0.97, tau=1.0)
 PROMPTS = ["a photo of a red car", "two dogs"]
 
@@ -61,16 +55,22 @@ def test_rope_positions_round_half_to_even():
 
 
 # -- the 2B configuration against the notes' key lists -----------------------------------------------
-def _appendix(title: str) -> str:
-    text = NOTES.read_text()
+@pytest.fixture(scope="module")
+def notes(fixtures_dir) -> str:
+    path = fixtures_dir.parent / "notes" / "reference-architectures.md"
+    if not path.is_file():
+        pytest.fail(f"reference notes not found at {path}")
+    return path.read_text()
+
+
+def _appendix(text: str, title: str) -> str:
     start = text.index(title)
     return text[text.index("```", start) + 3: text.index("```", text.index("```", start) + 3)]
 
 
-@pytest.mark.skipif(not NOTES.is_file(), reason="reference notes not found")
-def test_2b_transformer_keys_and_shapes_on_meta():
+def test_2b_transformer_keys_and_shapes_on_meta(notes):
     want = {}
-    for line in _appendix("## Appendix D").strip().splitlines():
+    for line in _appendix(notes, "## Appendix D").strip().splitlines():
         key, shape = line.split(" ", 1)
         want[key] = tuple(int(x) for x in re.findall(r"\d+", shape))
     block0 = {k.removeprefix("block_chunks.0.module.0."): v for k, v in want.items() if k.startswith("block_chunks.")}
@@ -84,10 +84,9 @@ def test_2b_transformer_keys_and_shapes_on_meta():
     assert sum(p.numel() for p in m.parameters()) == 2_204_564_032  # trainable count in the notes
 
 
-@pytest.mark.skipif(not NOTES.is_file(), reason="reference notes not found")
-def test_2b_vae_keys_and_shapes_on_meta():
+def test_2b_vae_keys_and_shapes_on_meta(notes):
     want = {}
-    for line in _appendix("## Appendix C").strip().splitlines():
+    for line in _appendix(notes, "## Appendix C").strip().splitlines():
         line = line.split("#")[0].strip()
         m = re.match(r"(\S+)\.\{(.*)\}$", line)
         if m:
@@ -107,15 +106,15 @@ def test_2b_vae_keys_and_shapes_on_meta():
 
 # -- loading -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fixture_parts():
+def fixture_parts(fixtures_dir):
     import json
 
-    icfg, vcfg = fixture_configs(json.loads((FIXTURE / "config.json").read_text()))
-    return (read_state_dict(FIXTURE / "infinity.pth"), read_state_dict(FIXTURE / "vae.pth", unwrap=("vae",)),
+    folder = fixtures_dir / "infinity-tiny"
+    icfg, vcfg = fixture_configs(json.loads((folder / "config.json").read_text()))
+    return (read_state_dict(folder / "infinity.pth"), read_state_dict(folder / "vae.pth", unwrap=("vae",)),
             icfg, vcfg)
 
 
-@needs_fixture
 def test_wrong_checkpoint_names_bad_keys(fixture_parts):
     sd, vae_sd, icfg, vcfg = fixture_parts
     bad = dict(sd)
@@ -133,7 +132,6 @@ def test_wrong_checkpoint_names_bad_keys(fixture_parts):
         build(sd, vae_sd, InfinityConfig(depth=2, block_chunks=2), vcfg)
 
 
-@needs_fixture
 def test_alternative_layouts_load_to_the_same_weights(fixture_parts):
     """`blocks.<k>.` keys, absent zero K-bias buffers, extra reference buffers and the VAE's flat
     (unwrapped) names all load to the same model."""
@@ -183,10 +181,8 @@ def test_tiny_fixture_location_error(tmp_path, monkeypatch):
 
 # -- the scale-wise interface on infinity-tiny ----------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(fixtures_dir):
     pytest.importorskip("transformers")
-    if not (FIXTURE / "config.json").is_file():
-        pytest.skip("infinity-tiny fixture not found")
     return registry.load("infinity-tiny", device="cpu")
 
 

@@ -3,8 +3,6 @@ the fixture README's comparison protocol and tolerances."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,19 +10,17 @@ from vardist.models.infinity import from_fixture
 from vardist.models.infinity.generator import to_uint8
 from vardist.models.infinity.transformer import _bf16_attention
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "infinity-tiny"
-pytestmark = pytest.mark.skipif(not (FIXTURE / "cases.pt").is_file(), reason="infinity-tiny fixture not found")
 RUNS = ["ar_cfg1", "ar_cfg3", "ar_cfg3_layer-1"]
 
 
 @pytest.fixture(scope="module")
-def cases():
-    return torch.load(FIXTURE / "cases.pt", weights_only=True)
+def cases(fixtures_dir):
+    return torch.load(fixtures_dir / "infinity-tiny" / "cases.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
-def model():
-    return from_fixture(FIXTURE)
+def model(fixtures_dir):
+    return from_fixture(fixtures_dir / "infinity-tiny")
 
 
 @pytest.fixture(scope="module")

@@ -207,6 +207,10 @@ class InfinityGenerator(ScaleWiseGenerator):
 
     def finish(self, state: GenState) -> torch.Tensor:
         self.run_scales(state, self.num_scales)
+        return self._decode(state)
+
+    def _decode(self, state: GenState) -> torch.Tensor:
+        state.cache.kv = state.cache.text = None  # free the KV cache before the VAE's activations
         return to_uint8(self.vae.decode(state.cache.summed))
 
     def resume(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling,
@@ -271,7 +275,7 @@ class InfinityGenerator(ScaleWiseGenerator):
                 codes = self._sample(state, lg, [item_stream(sd, s) for sd in state.seeds], 1)[:, 0]
             self.advance(state, codes)
         bits = [m.view(B, h, w, -1) for m, (h, w) in zip(state.maps, self.schedule)]
-        return (to_uint8(self.vae.decode(state.cache.summed)) if decode else None), bits, logits
+        return (self._decode(state) if decode else None), bits, logits
 
 
 # -- construction ----------------------------------------------------------------------------------

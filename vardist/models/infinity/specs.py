@@ -47,9 +47,10 @@ def build_2b(spec: ModelSpec, files: dict[str, Path], device: str, *, h_div_w: f
 
 
 def tiny_fixture_dir() -> Path:
-    """$VARDIST_INFINITY_TINY, else ../shared/fixtures/infinity-tiny next to the repository."""
-    env = os.environ.get(TINY_ENV)
-    folder = Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "infinity-tiny"
+    """$VARDIST_INFINITY_TINY, else $VARDIST_SHARED/fixtures/infinity-tiny, else
+    ../shared/fixtures/infinity-tiny next to the repository."""
+    shared = Path(os.environ.get("VARDIST_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
+    folder = Path(os.environ.get(TINY_ENV, shared / "fixtures" / "infinity-tiny"))
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"the infinity-tiny weights are not at {folder}; point {TINY_ENV} at the "
                                 f"infinity-tiny fixture folder (config.json, infinity.pth, vae.pth)")
