@@ -30,6 +30,7 @@ def test_search_flexvar_tiny_end_to_end(fixtures_dir, tmp_path, monkeypatch):
 
     row = rows[0]
     model = load("flexvar-tiny", folder, device="cpu")
+    assert model.search_defaults.scale == 2 and model.search_defaults.cfg == 2.5
     state = model.start([int(row["condition"])], [row["seed"]], Sampling(cfg=2.5, top_k=900, top_p=0.95))
     model.run_scales(state, 2)
     pool = model.draw_pool(state, 50)

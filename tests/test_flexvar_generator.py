@@ -96,6 +96,8 @@ def test_cfg_modes_differ_and_guidance_changes_logits(model):
         logits[mode] = model.next_logits(state)
     # scale 0: the ramp has t = 0 (pure conditional), the constant mix guides already
     assert not torch.allclose(logits["ramp"], logits["constant"])
+    hot = model.start(LABELS[:1], SEEDS[:1], Sampling(cfg=2.5, tau=2.0, options={"cfg_mode": "constant"}))
+    torch.testing.assert_close(model.next_logits(hot), logits["constant"] / 2)
 
 
 def test_schedule_chosen_at_construction_and_forced_greedy_sides(model):

@@ -7,7 +7,7 @@ Generation, per scale si of the schedule (side pn):
 2. mix with CFG: "ramp" (the reference's default, used for its FIDs): t = cfg * si / min(n-1, 9)
    (t = cfg when pn > max_pn), logits = (1+t) cond - t uncond; "constant" (its demo script,
    LlamaGen style): uncond + cfg (cond - uncond) at every scale;
-3. sample through `vardist.models.sampling` (item streams, reference top-k/top-p); sides the model
+3. (optional temperature tau, 1 in the reference) sample through `vardist.models.sampling` (item streams, reference top-k/top-p); sides the model
    was not trained at, and sides > max_pn, are sampled greedily as the reference does;
 4. the next input is word_embed(bicubic-resized code vectors of these tokens) + its positions.
 The image is decoded from the last scale's tokens alone.
@@ -114,7 +114,8 @@ class FlexVARGenerator(ScaleWiseGenerator):
 
     @torch.inference_mode()
     def next_logits(self, state: GenState) -> torch.Tensor:
-        """The CFG-mixed logits [B, P, V] of scale state.next_scale (computed once per scale)."""
+        """The CFG-mixed logits [B, P, V] of scale state.next_scale (divided by Sampling.tau when it
+    is not 1), computed once per scale: sampling, pools and `advance` all reuse them."""
         c: _Cache = state.cache
         si = state.next_scale
         if si >= self.num_scales:
@@ -122,6 +123,8 @@ class FlexVARGenerator(ScaleWiseGenerator):
         if c.logits is None:
             raw = self.transformer.run(c.x, c.cond, None, c.kv)
             c.logits = self._cfg_mix(raw, si, state.sampling)
+            if state.sampling.tau != 1.0:  # the reference has no temperature; tau = 1 keeps it exact
+                c.logits = c.logits / state.sampling.tau
         return c.logits
 
     def _cfg_mix(self, raw: torch.Tensor, si: int, sampling: Sampling) -> torch.Tensor:

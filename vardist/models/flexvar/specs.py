@@ -41,8 +41,10 @@ def build(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
 
     depth = int(spec.name.removeprefix("flexvar-d"))
     vae_cfg, var_cfg = official_configs(depth)
-    return build_generator(vae_cfg, var_cfg, files[VAE_FILE], files[VAR_FILES[depth]],
-                           schedule=schedule or DEFAULT_SCHEDULE, device=device)
+    model = build_generator(vae_cfg, var_cfg, files[VAE_FILE], files[VAR_FILES[depth]],
+                            schedule=schedule or DEFAULT_SCHEDULE, device=device)
+    model.search_defaults = spec.defaults  # vardist.search(model_object, ...) falls back on them
+    return model
 
 
 def build_tiny(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
@@ -52,8 +54,10 @@ def build_tiny(spec: ModelSpec, files: dict[str, Path], device: str, schedule=No
     from vardist.models.flexvar.generator import configs_from_fixture
 
     vae_cfg, var_cfg, default = configs_from_fixture(json.loads(files["config.json"].read_text()))
-    return build_generator(vae_cfg, var_cfg, files["vae.pth"], files["var.pth"],
-                           schedule=schedule or default, device=device)
+    model = build_generator(vae_cfg, var_cfg, files["vae.pth"], files["var.pth"],
+                            schedule=schedule or default, device=device)
+    model.search_defaults = spec.defaults
+    return model
 
 
 register(ModelSpec(
