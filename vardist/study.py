@@ -1,0 +1,619 @@
+"""Scaling studies: many search settings on the same work items, at the cost of a few.
+
+    study = vardist.Study("toy-digits", conditions="0-9", seeds=8,
+                          sweep={"n": [10, 100, 1000], "strategy": ["none", "top-k", "var-scaling"],
+                                 "alpha": [1.5, 2.3]},
+                          metrics=["accuracy", "is_toy", "fd_toy", "diversity"])
+    res = study.run("runs/study")     # res.rows, res.summary (pyarrow), Parquet + PNG plots in out
+
+Why it is cheap: candidate j of an item's pool at scale k is row j of the item's own random
+stream, so the first n' candidates of an n-pool ARE the n'-pool. For each work item and each
+distinct pool (scale and sampling knobs), the study draws one pool at the largest n of the sweep
+and gives each setting its first n candidates; each setting then selects exactly as
+`vardist.search` does (`pipeline.select_batch`, same per-item rng), so its choice is the one a
+plain search with that setting makes. Continuations are cached by (item, pool, chosen token map):
+a choice shared by several settings (every "none", a top-k that keeps its winner as n grows, the
+same map at two candidate indices) is finished once. Cost: one pool per item and pool key, plus
+one continuation per distinct choice, plus selection (cheap) per setting.
+
+Images: a continuation is rebuilt from its token maps (teacher-forced, `model.resume`) in batches
+of distinct choices, so its pixels may differ from a search's by one level where CPU float
+kernels differ between batch shapes (the token maps, hence the choices, are identical).
+
+Metrics are plug-ins (`Metric`): per image (averaged per setting) or per set (computed on all of a
+setting's images). Built in: the toy judge's "accuracy", "is_toy", "fd_toy", "diversity" (see
+vardist.zoo.metrics), and `TorchFidelity` (FID / IS through torch-fidelity, for real models;
+its Inception weights must already be on disk). GenEval runs its own harness on the per-setting
+layouts `run(out, layouts=True)` writes (docs/study.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vardist.api import ENGINES, _check_loaded, plan_search
+from vardist.engine import pipeline
+from vardist.engine.plan import SearchSettings, WorkItem, canonical_batches, item_seed
+from vardist.engine.ray import CodeTable
+from vardist.io import outputs
+from vardist.io.conditions import InputError
+from vardist.models.interface import ScaleWiseGenerator
+
+SWEEP_KEYS = tuple(f.name for f in fields(SearchSettings))
+POOL_KEYS = ("scale", "cfg", "top_k", "top_p", "tau")  # what an item's pool depends on
+# Selection knobs each strategy reads (see _collapse).
+_KDE = ("bandwidth", "kde_method", "metric")
+USES = {"var-scaling": ("alpha", "rep", "conflict_thresh", *_KDE), "infinity": ("k", *_KDE),
+        "top-k": ("k", *_KDE), "random-k": ("k", *_KDE), "small-k": ("k", *_KDE), "none": ()}
+_SELECTION_KEYS = ("alpha", "rep", "conflict_thresh", "k", *_KDE)
+
+ROWS_FILE, SUMMARY_FILE, CONFIG_FILE = "study.parquet", "summary.parquet", "study.json"
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+@runtime_checkable
+class Metric(Protocol):
+    """A quality measure. per_image: compute returns one value per image ([N]) and the summary
+    averages them; otherwise it returns one float for the whole set (a setting's images)."""
+
+    name: str
+    per_image: bool
+
+    def compute(self, images: np.ndarray, conditions: Sequence) -> np.ndarray | float:
+        """images: uint8 [N, H, W, 3]; conditions: the N items' class labels or prompts."""
+
+
+class _Judge:
+    """Shared lazy access to the zoo's toy judge (class probabilities + features)."""
+
+    _judge = None
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from vardist.zoo.judge import load_judge
+
+        if _Judge._judge is None:
+            _Judge._judge = load_judge()
+        import torch
+
+        probs, feats = _Judge._judge.predict(torch.from_numpy(np.ascontiguousarray(images)))
+        return probs.numpy(), feats.numpy()
+
+
+class JudgeAccuracy(_Judge):
+    """1 when the toy judge assigns the image to the class asked for, else 0."""
+
+    name, per_image = "accuracy", True
+
+    def compute(self, images, conditions):
+        probs, _ = self.predict(images)
+        return (probs.argmax(1) == np.asarray(conditions)).astype(np.float64)
+
+
+class JudgeIS(_Judge):
+    """Inception-Score analogue under the toy judge (vardist.zoo.metrics.inception_score)."""
+
+    name, per_image = "is_toy", False
+
+    def compute(self, images, conditions):
+        from vardist.zoo.metrics import inception_score
+
+        return inception_score(self.predict(images)[0])
+
+
+class JudgeFD(_Judge):
+    """Frechet-distance analogue vs all real digits under the toy judge (NaN below 2 images)."""
+
+    name, per_image = "fd_toy", False
+
+    def compute(self, images, conditions):
+        from vardist.zoo.metrics import _real_stats_shipped, frechet_distance, gaussian_stats
+
+        if len(images) < 2:
+            return float("nan")
+        return frechet_distance(gaussian_stats(self.predict(images)[1]), _real_stats_shipped())
+
+
+class JudgeDiversity(_Judge):
+    """Mean pairwise L2 distance between the toy judge's features of the set's images, within
+    each condition (a search that collapses every sample of a class onto one mode scores low),
+    averaged over conditions with at least two images."""
+
+    name, per_image = "diversity", False
+
+    def compute(self, images, conditions):
+        feats = self.predict(images)[1].astype(np.float64)
+        conds = np.asarray([str(c) for c in conditions])
+        per_cond = []
+        for c in dict.fromkeys(conds):
+            f = feats[conds == c]
+            if len(f) >= 2:
+                d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
+                per_cond.append(d[np.triu_indices(len(f), 1)].mean())
+        return float(np.mean(per_cond)) if per_cond else float("nan")
+
+
+# torch-fidelity's Inception-v3 weights, as its feature extractor names them in the torch hub
+# cache. The study never downloads them: they must be there (or passed as weights=).
+FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+
+
+@dataclass
+class TorchFidelity:
+    """FID or IS (torch-fidelity's Inception-v3) over a setting's images, for real models.
+
+    metric: "fid" (needs ref: a folder of real images or a torch-fidelity registered input
+    name whose statistics are cached) or "isc". weights: the Inception weights file; default
+    $TORCH_HOME's hub checkpoints. Checked when the study starts: missing package or weights
+    raise a clear error instead of a download."""
+
+    metric: str = "fid"
+    ref: str | None = None
+    weights: str | None = None
+    per_image: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.metric
+
+    def check(self) -> Path:
+        import importlib.util
+
+        if self.metric not in ("fid", "isc"):
+            raise InputError(f"TorchFidelity metric must be 'fid' or 'isc', got {self.metric!r}",
+                             param="metrics")
+        if self.metric == "fid" and not self.ref:
+            raise InputError("TorchFidelity('fid') needs ref=, a folder of reference images",
+                             param="metrics")
+        if importlib.util.find_spec("torch_fidelity") is None:
+            raise InputError("TorchFidelity needs the torch-fidelity package: "
+                             "pip install torch-fidelity", param="metrics")
+        if self.weights:
+            path = Path(self.weights)
+        else:
+            import torch
+
+            path = Path(torch.hub.get_dir()) / "checkpoints" / FIDELITY_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"torch-fidelity's Inception weights are not at {path}; vardist does not "
+                f"download them: put {FIDELITY_WEIGHTS} there or pass TorchFidelity(weights=...)")
+        return path
+
+    def compute(self, images, conditions):
+        import torch
+        import torch_fidelity
+
+        class _Images(torch.utils.data.Dataset):  # torch-fidelity wants uint8 [3, H, W] items
+            def __len__(self):
+                return len(images)
+
+            def __getitem__(self, i):
+                return torch.from_numpy(np.ascontiguousarray(images[i].transpose(2, 0, 1)))
+
+        out = torch_fidelity.calculate_metrics(
+            input1=_Images(), input2=self.ref, fid=self.metric == "fid",
+            isc=self.metric == "isc", feature_extractor_weights_path=str(self.check()),
+            cuda=torch.cuda.is_available(), verbose=False)
+        key = "frechet_inception_distance" if self.metric == "fid" else "inception_score_mean"
+        return float(out[key])
+
+
+BUILTIN_METRICS = {m.name: m for m in (JudgeAccuracy, JudgeIS, JudgeFD, JudgeDiversity)}
+
+
+def _metric(m: str | Metric) -> Metric:
+    if isinstance(m, str):
+        if m not in BUILTIN_METRICS:
+            raise InputError(f"unknown metric {m!r}; built in: {', '.join(BUILTIN_METRICS)} "
+                             f"(or pass a Metric object)", param="metrics")
+        return BUILTIN_METRICS[m]()
+    if not isinstance(m, Metric):
+        raise InputError(f"metrics must be names or Metric objects (name, per_image, "
+                         f"compute), got {type(m).__name__}", param="metrics")
+    if hasattr(m, "check"):
+        m.check()
+    return m
+
+
+# --- the study ----------------------------------------------------------------------------
+
+@dataclass
+class StudyResults:
+    """rows: one row per (setting, item); summary: one row per setting; images: the distinct
+    continuations (key -> uint8 [H, W, 3], the rows' image_key); stats: what it cost."""
+
+    rows: pa.Table
+    summary: pa.Table
+    images: dict[int, np.ndarray] = field(repr=False)
+    stats: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+class Study:
+    """A sweep of search settings over the same work items (conditions x seeds).
+
+    model: a registry name or a ScaleWiseGenerator. conditions: class labels ("0-9", a list of
+    ints) or prompts (a list of strings, a GenEval JSONL file). seeds: sample indices per
+    condition (an int S means 0..S-1); item (condition, s) gets the seed `vardist.search(...,
+    seed=seed)` gives sample s of that condition, so seeds=S reproduces search(samples=S).
+    sweep: {setting name: list of values} over SearchSettings fields (scale, n, strategy, alpha,
+    rep, conflict_thresh, k, cfg, top_k, top_p, tau, bandwidth, kde_method, metric); every
+    combination is a setting, unset fields take the model's defaults. metrics: names of built-in
+    metrics or Metric objects. engine: "local" or "ray" (engine_options: RayOptions fields).
+    Everything is checked here, before a model loads.
+    """
+
+    def __init__(self, model: str | ScaleWiseGenerator, conditions: Any, seeds: int | Sequence[int],
+                 sweep: dict[str, Sequence] | None = None, metrics: Sequence[str | Metric] = (),
+                 *, engine: str = "local", seed: int = 0, batch_size: int = 8,
+                 weights: str | Path | None = None, device: str | None = None,
+                 **engine_options: Any) -> None:
+        sweep = dict(sweep or {})
+        for key, values in sweep.items():
+            if key not in SWEEP_KEYS:
+                raise InputError(f"unknown sweep key {key!r}; sweep over {', '.join(SWEEP_KEYS)}",
+                                 param="sweep")
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+                raise InputError(f"sweep[{key!r}] must be a non-empty list of values, got "
+                                 f"{values!r}", param="sweep")
+        if isinstance(seeds, bool) or not isinstance(seeds, (int, Sequence)):
+            raise InputError(f"seeds must be a count or a list of sample indices, got {seeds!r}",
+                             param="seeds")
+        samples = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+        if not samples or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                              for s in samples) or len(set(samples)) != len(samples):
+            raise InputError(f"seeds must be a count >= 1 or distinct sample indices >= 0, got "
+                             f"{seeds!r}", param="seeds")
+        if engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}",
+                             param="engine")
+        prompts = isinstance(conditions, Path) or (
+            isinstance(conditions, str) and conditions.endswith((".jsonl", ".txt"))) or (
+            isinstance(conditions, Sequence) and not isinstance(conditions, str)
+            and any(isinstance(c, str) for c in conditions))
+        cond_arg = {"prompts" if prompts else "classes": conditions}
+
+        # One plan_search per setting: the same defaults, merging and checks as search().
+        self.settings: list[SearchSettings] = []
+        self._jobs = []  # one checked Job per setting, for the checks that need the model
+        keys = list(sweep)
+        for combo in itertools.product(*(sweep[k] for k in keys)):
+            job, self._config = plan_search(model, **cond_arg, samples=1, seed=seed,
+                                            batch_size=batch_size, weights=weights, device=device,
+                                            engine=engine, **dict(zip(keys, combo)),
+                                            **engine_options)
+            s = _collapse(job.settings, sweep)
+            if s not in self.settings:
+                self.settings.append(s)
+                self._jobs.append(replace(job, settings=s))
+        self.metrics = [_metric(m) for m in metrics]
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise InputError(f"metric names must be distinct, got {names}", param="metrics")
+        self.model, self.engine, self.seed, self.batch_size = model, engine, seed, batch_size
+        self.weights, self.device, self.engine_options = weights, device, engine_options
+        self.sweep = sweep
+        self.condition_kind = job.condition_kind
+        self.prompt_lines = job.prompt_lines
+        self.items = [WorkItem(i, ci, s, cond, item_seed(seed, ci, s)) for i, ((ci, cond), s)
+                      in enumerate(itertools.product(job.conditions, samples))]
+
+    def pool_groups(self) -> dict[tuple, list[SearchSettings]]:
+        """Settings grouped by what their pools depend on (one pool per item and group)."""
+        groups: dict[tuple, list[SearchSettings]] = {}
+        for s in self.settings:
+            groups.setdefault(tuple(getattr(s, k) for k in POOL_KEYS), []).append(s)
+        return groups
+
+    def run(self, out: str | Path | None = None, *, layouts: bool = False,
+            plots: bool = True) -> StudyResults:
+        """Run the sweep. out: write study.parquet (rows), summary.parquet, study.json, one
+        PNG per metric (metric vs n, a line per strategy) and the distinct images
+        (out/continuations/); layouts=True also writes each setting's images in search()'s
+        layout under out/settings/<setting id>/ (hard links), e.g. for the GenEval harness."""
+        out = outputs.check_writable(out) if out is not None else None
+        if out is not None and plots:
+            try:
+                import matplotlib  # noqa: F401
+            except ModuleNotFoundError as e:
+                raise ModuleNotFoundError("plots need matplotlib: pip install 'vardist[study]' "
+                                          "(or run(out, plots=False))") from e
+        runner = _RayRunner(self) if self.engine == "ray" else _LocalRunner(self)
+        t0 = time.perf_counter()
+        try:
+            rows, images, stats = self._sweep(runner)
+        finally:
+            runner.close()
+        stats["seconds"] = time.perf_counter() - t0
+        table, summary = self._tables(rows, images)
+        res = StudyResults(table, summary, images, stats)
+        if out is not None:
+            res.paths = self._write(out, res, layouts, plots)
+        return res
+
+    # The sweep: pools at the largest n, selection per setting, one continuation per choice.
+    def _sweep(self, runner: "_Runner") -> tuple[list[dict], dict[int, np.ndarray], dict]:
+        cache: dict[tuple, int] = {}   # (pool key, item index, chosen map bytes) -> image key
+        images: dict[int, np.ndarray] = {}
+        rows: list[dict] = []
+        finishing: list[tuple[list[int], Callable[[], np.ndarray]]] = []  # (image keys, result)
+        stats = {"settings": len(self.settings), "items": len(self.items), "pools": 0,
+                 "candidates_drawn": 0, "continuations": 0, "selections": 0,
+                 "pool_seconds": 0.0, "select_seconds": 0.0, "finish_seconds": 0.0}
+        batches = canonical_batches(self.items, self.batch_size)
+        tasks = [(key, group, batch) for key, group in self.pool_groups().items()
+                 for batch in batches]
+        draw = [_draw_settings(group) for _, group, _ in tasks]
+        for (key, group, batch), pool in zip(tasks, runner.pools(
+                [(batch, s) for (_, _, batch), s in zip(tasks, draw)])):
+            stats["pools"] += len(batch)
+            stats["candidates_drawn"] += len(batch) * pool.codes.shape[1]
+            stats["pool_seconds"] += pool.seconds
+            seeds = [it.seed for it in batch]
+            todo: dict[tuple, tuple[int, int]] = {}   # new cache key -> (batch row, image key)
+            t0 = time.perf_counter()
+            for s in group:
+                codes = pool.codes[:, :s.pool_size]
+                choices = pipeline.select_batch(codes, pool.embed, seeds, s)
+                stats["selections"] += len(batch)
+                for b, (it, ch) in enumerate(zip(batch, choices)):
+                    ck = (key, it.index, codes[b, ch.index].tobytes())
+                    if ck not in cache:
+                        cache[ck] = len(cache)
+                        todo[ck] = (b, ch.index)
+                    rows.append(_row(s, it, ch, cache[ck]))
+            stats["select_seconds"] += time.perf_counter() - t0
+            # Finish the new distinct choices in chunks of batch_size (the same item may
+            # appear with several choices: each row is its own continuation).
+            pending = list(todo.items())
+            for i in range(0, len(pending), self.batch_size):
+                part = pending[i:i + self.batch_size]
+                rows_b = np.array([b for _, (b, _) in part])
+                t0 = time.perf_counter()
+                finishing.append(([cache[ck] for ck, _ in part], runner.finish(
+                    [batch[b] for b in rows_b], group[0], [m[rows_b] for m in pool.prefix],
+                    pool.codes[rows_b, [j for _, (_, j) in part]])))
+                stats["finish_seconds"] += time.perf_counter() - t0
+                stats["continuations"] += len(part)
+        for image_keys, result in finishing:
+            images.update(zip(image_keys, result()))
+        return rows, images, stats
+
+    def _tables(self, rows: list[dict], images: dict[int, np.ndarray]) -> tuple[pa.Table, pa.Table]:
+        ids = {s: f"s{i:03d}" for i, s in enumerate(self.settings)}
+        conds = {it.index: it.condition for it in self.items}
+        for r in rows:
+            r["setting"] = ids[r.pop("_settings")]
+        # Per-image metrics once per distinct image; set metrics per setting.
+        keys = sorted(images)
+        per_image = {}
+        if keys:
+            stack = np.stack([images[k] for k in keys])
+            owner = {}
+            for r in rows:
+                owner.setdefault(r["image_key"], conds[r["item"]])
+            for m in self.metrics:
+                if m.per_image:
+                    vals = np.asarray(m.compute(stack, [owner[k] for k in keys]), np.float64)
+                    per_image[m.name] = dict(zip(keys, vals))
+        for r in rows:
+            for name, vals in per_image.items():
+                r[name] = float(vals[r["image_key"]])
+        table = pa.Table.from_pylist(rows)
+        summary = []
+        for s in self.settings:
+            mine = [r for r in rows if r["setting"] == ids[s]]
+            row = {"setting": ids[s], **asdict(s), "items": len(mine),
+                   "distinct_images": len({r["image_key"] for r in mine}),
+                   "density_chosen_mean": float(np.nanmean([r["density_chosen"] for r in mine]))
+                   if s.strategy != "none" else float("nan")}
+            for m in self.metrics:
+                if m.per_image:
+                    row[m.name] = float(np.mean([r[m.name] for r in mine]))
+                else:
+                    row[m.name] = float(m.compute(np.stack([images[r["image_key"]] for r in mine]),
+                                                  [conds[r["item"]] for r in mine]))
+            summary.append(row)
+        return table, pa.Table.from_pylist(summary)
+
+    def _write(self, out: Path, res: StudyResults, layouts: bool, plots: bool) -> dict[str, Path]:
+        paths = {"rows": out / ROWS_FILE, "summary": out / SUMMARY_FILE,
+                 "config": out / CONFIG_FILE}
+        items = {it.index: it for it in self.items}
+        key_path = {}
+        for r in res.rows.to_pylist():
+            it = items[r["item"]]
+            key_path.setdefault(r["image_key"], f"continuations/{it.condition_index:05d}_"
+                                                f"{it.sample_index:04d}_{r['image_key']:06d}.png")
+        for k, rel in key_path.items():
+            outputs.save_png(out / rel, res.images[k])
+        rows = res.rows.append_column("image", pa.array([key_path[k] for k in
+                                                         res.rows["image_key"].to_pylist()]))
+        res.rows = rows
+        pq.write_table(rows, paths["rows"])
+        pq.write_table(res.summary, paths["summary"])
+        if layouts:
+            for r in rows.to_pylist():
+                it = items[r["item"]]
+                dest = out / "settings" / r["setting"] / outputs.image_relpath(
+                    self.condition_kind, it.condition_index, it.sample_index)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.unlink(missing_ok=True)
+                try:
+                    os.link(out / r["image"], dest)
+                except OSError:  # no hard links on this file system
+                    shutil.copyfile(out / r["image"], dest)
+            for sid in res.summary["setting"].to_pylist():
+                for ci, line in self.prompt_lines.items():
+                    outputs.write_prompt_metadata(out / "settings" / sid, ci, line)
+        if plots:
+            for m in self.metrics:
+                paths[f"plot_{m.name}"] = plot(res.summary, m.name, out / f"{m.name}_vs_n.png")
+        config = {"model": self.model if isinstance(self.model, str) else type(self.model).__name__,
+                  "sweep": self.sweep, "seed": self.seed, "batch_size": self.batch_size,
+                  "engine": self.engine, "metrics": [m.name for m in self.metrics],
+                  "condition_kind": self.condition_kind,
+                  "conditions": sorted({str(it.condition) for it in self.items}),
+                  "samples": sorted({it.sample_index for it in self.items}), "stats": res.stats}
+        outputs.atomic_write_bytes(paths["config"], json.dumps(config, indent=1).encode())
+        return paths
+
+
+def _collapse(s: SearchSettings, sweep: dict) -> SearchSettings:
+    """Knobs the setting's strategy ignores take their first swept value, so "top-k x 3
+    alphas" is one setting, not three identical ones."""
+    return replace(s, **{k: sweep[k][0] for k in _SELECTION_KEYS
+                         if k in sweep and k not in USES[s.strategy]})
+
+
+def _draw_settings(group: Sequence[SearchSettings]) -> SearchSettings:
+    """Settings that draw the group's largest pool (any non-"none" strategy draws n)."""
+    n = max(s.pool_size for s in group)
+    return replace(group[0], n=n, strategy="none" if n == 1 else "top-k")
+
+
+def _row(s: SearchSettings, it: WorkItem, ch: pipeline.Choice, image_key: int) -> dict:
+    return {"_settings": s, **{k: getattr(s, k) for k in SWEEP_KEYS}, "item": it.index,
+            "condition_index": it.condition_index, "condition": str(it.condition),
+            "sample_index": it.sample_index, "seed": it.seed, "chosen": ch.index,
+            "branch": ch.branch, "shortlist": len(ch.shortlist), "density_max": ch.density_max,
+            "density_mean": ch.density_mean, "density_chosen": ch.density_chosen,
+            "image_key": image_key}
+
+
+def plot(summary: pa.Table, metric: str, path: str | Path) -> Path:
+    """metric vs n (log axis), one line per strategy (and per value of any other swept knob)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary.to_pylist()
+    varying = [k for k in SWEEP_KEYS if k not in ("n", "strategy")
+               and len({r[k] for r in rows}) > 1]
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        label = ", ".join([r["strategy"]] + [f"{k}={r[k]}" for k in varying
+                                             if k not in _SELECTION_KEYS or k in USES[r["strategy"]]])
+        lines.setdefault(label, []).append((r["n"], r[metric]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in lines.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("n (candidates per item)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- engines ------------------------------------------------------------------------------
+
+@dataclass
+class _Pool:
+    prefix: list[np.ndarray]
+    codes: np.ndarray
+    embed: CodeTable      # embeddings of the pool's distinct codes (one model call per pool)
+    seconds: float
+
+
+class _Runner(Protocol):
+    def pools(self, tasks: list[tuple[list[WorkItem], SearchSettings]]) -> Iterator[_Pool]: ...
+
+    def finish(self, items: list[WorkItem], settings: SearchSettings, prefix: list[np.ndarray],
+               chosen: np.ndarray) -> Callable[[], np.ndarray]:
+        """Start continuing `items` from prefix + chosen; the call returns their images."""
+
+    def close(self) -> None: ...
+
+
+class _LocalRunner:
+    """Everything in this process, pool by pool (memory: one pool at a time)."""
+
+    def __init__(self, study: Study) -> None:
+        from vardist.models import registry
+
+        model = study.model if isinstance(study.model, ScaleWiseGenerator) else \
+            registry.load(study.model, study.weights, study.device)
+        for job in study._jobs:
+            _check_loaded(model, job)
+        self.model = model
+        self.code_ndim = len(model.code_shape)
+
+    def pools(self, tasks):
+        embed = pipeline.embedder(self.model)
+        for batch, s in tasks:
+            pool = pipeline.prefix_and_pool(self.model, batch, s)
+            yield _Pool(pool.prefix, pool.codes, CodeTable.build(pool.codes, self.code_ndim, embed),
+                        pool.seconds)
+
+    def finish(self, items, settings, prefix, chosen):
+        images = pipeline.continue_batch(self.model, items, settings, prefix, chosen)[0]
+        return lambda: images
+
+    def close(self) -> None:
+        pass
+
+
+class _RayRunner:
+    """The Ray engine's generator actors (vardist.engine.ray.Generator): every pool is drawn
+    on the actors at once, selection runs on the driver, continuations go back to the actors.
+    A lost actor fails the study (search()'s replacement logic is not wired in here)."""
+
+    def __init__(self, study: Study) -> None:
+        import ray
+
+        from vardist.engine import ray as ray_engine
+
+        opts = replace(ray_engine.RayOptions(), **study.engine_options)
+        opts.check()
+        self.ray, self.started = ray, not ray.is_initialized()
+        if self.started:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(address=opts.address, logging_level="WARNING", log_to_driver=False)
+        model = study.model if isinstance(study.model, str) else ray.put(study.model)
+        n, bundle, threads = ray_engine._actor_shape(ray, opts)
+        self.actors = ray_engine._ActorSet(ray, ray.remote(ray_engine.Generator),
+                                           (model, study.weights, study.device, threads), n,
+                                           bundle, 0, opts.placement_timeout_s)
+        self.next = 0
+
+    def _actor(self):
+        self.next += 1
+        return self.actors.handles[self.next % len(self.actors.handles)]
+
+    def pools(self, tasks):
+        refs = [self._actor().pool.remote(batch, s) for batch, s in tasks]
+        for ref in refs:
+            msg = self.ray.get(ref)
+            yield _Pool([p.unpack() for p in msg.prefix], msg.codes.unpack(), msg.table,
+                        msg.seconds)
+
+    def finish(self, items, settings, prefix, chosen):
+        from vardist.engine.ray import Packed
+
+        ref = self._actor().finish.remote(items, settings, [Packed.pack(p) for p in prefix],
+                                          Packed.pack(chosen))
+        return lambda: self.ray.get(ref)[0]
+
+    def close(self) -> None:
+        self.actors.close()
+        if self.started:
+            self.ray.shutdown()
