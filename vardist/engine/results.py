@@ -60,6 +60,7 @@ class Recorder:
         self.out = Path(job.out) if job.out else None
         self.log = RunLog(self.out) if self.out else None
         self.finished: set[tuple[int, int]] = set()
+        self.resumed = False
         if self.log:
             self.resumed = self.log.open(job.fingerprint(), config)
             self.finished = self.log.finished() if self.resumed else set()
@@ -127,7 +128,7 @@ class Recorder:
         return out
 
     def close(self) -> None:
-        """Merge the log parts; write prompt metadata and (optionally) grids."""
+        """Merge the log parts into the run log; write the prompts' grids when asked."""
         if not self.log:
             return
         self.log.merge()
