@@ -52,9 +52,12 @@ def test_decode_from_one_scale_unclamped(model, cases):
     img = model.decode(cases["encode_idx"])          # a list: the last scale is decoded
     assert img.abs().max() > 1                       # raw decoder output, not clamped
     _close(img, cases["decode_img"], 1e-3)
-    pn = cases["decode_extra_pn"]
-    extra = model.decode(next(m for m in cases["encode_idx"] if m.shape[1] == pn * pn))
-    _close(extra, cases["decode_extra_img"], 1e-3)
+
+def test_decode_another_scale(model, latent, cases):
+    """Every scale decodes on its own into a (16 pn)^2 image."""
+    with torch.inference_mode():
+        idx = model.vae.quantize_scales(latent, [cases["decode_extra_pn"]])[0]
+    _close(model.decode(idx), cases["decode_extra_img"], 1e-3)
 
 
 def test_teacher_forcing_inputs_and_embedding(model, cases):
@@ -77,56 +80,57 @@ def _mode(run):
     return "constant" if run["used_llamagen_cfg"] else "ramp"
 
 
-RUNS = ["ar_cfg1.0", "ar_cfg2.5", "ar_llamagen_cfg2.5", "ar_13step_cfg2.5"]
-
-
 def _sampling(run):
     return Sampling(cfg=run["cfg"], top_k=run["top_k"], top_p=run["top_p"],
                     options={"cfg_mode": _mode(run), "max_pn": run["max_pn"]})
 
 
-@pytest.mark.parametrize("name", ["ar_cfg2.5", "ar_13step_cfg2.5"])
-def test_greedy_generation_with_image(model, cases, name):
-    run = cases[name]
-    img, maps = model.generate(cases["labels"], cfg=run["cfg"], top_k=run["top_k"], top_p=run["top_p"],
-                               seeds=[run["g_seed"]] * run["B"], schedule=run["schedule"],
-                               cfg_mode=_mode(run), max_pn=run["max_pn"])
-    assert len(maps) == len(run["idx"])
-    for si, (got, want) in enumerate(zip(maps, run["idx"])):
-        assert torch.equal(got, want), f"scale {si}"
-    _close(img, run["img"], 1e-3)
+# Runs are read from cases["runs"] (no names assumed), so a fixture of other settings works too.
+def test_greedy_generation_with_image(model, cases):
+    """generate() end to end (tokens and raw image) for the first and the last run."""
+    for name in dict.fromkeys([cases["runs"][0], cases["runs"][-1]]):
+        run = cases[name]
+        img, maps = model.generate(cases["labels"], cfg=run["cfg"], top_k=run["top_k"], top_p=run["top_p"],
+                                   seeds=[run["g_seed"]] * run["B"], schedule=run["schedule"],
+                                   cfg_mode=_mode(run), max_pn=run["max_pn"])
+        assert len(maps) == len(run["idx"]), name
+        for si, (got, want) in enumerate(zip(maps, run["idx"])):
+            assert torch.equal(got, want), f"{name}: scale {si}"
+        _close(img, run["img"], 1e-3)
 
 
-@pytest.mark.parametrize("name", RUNS)
-def test_greedy_tokens_free_running(model, cases, name):
-    """Every run's tokens at every scale (scale-wise path, no decode: the image of identical
-    tokens is checked above and in the decode test)."""
-    assert set(RUNS) == set(cases["runs"])
-    run = cases[name]
-    gen = model.with_schedule(run["schedule"])
-    state = gen.start(cases["labels"].tolist(), [run["g_seed"]] * run["B"], _sampling(run))
-    gen.run_scales(state, gen.num_scales)
-    for si, (got, want) in enumerate(zip(state.maps, run["idx"], strict=True)):
-        assert torch.equal(got, want), f"scale {si}"
+def test_greedy_tokens_free_running(model, cases):
+    """Every run's tokens at every scale (scale-wise path, no decode: images of identical tokens
+    are checked above and in the decode tests)."""
+    for name in cases["runs"]:
+        run = cases[name]
+        gen = model.with_schedule(run["schedule"])
+        state = gen.start(cases["labels"].tolist(), [run["g_seed"]] * run["B"], _sampling(run))
+        gen.run_scales(state, gen.num_scales)
+        assert len(state.maps) == len(run["idx"]), name
+        for si, (got, want) in enumerate(zip(state.maps, run["idx"])):
+            assert torch.equal(got, want), f"{name}: scale {si}"
 
 
-@pytest.mark.parametrize("name", RUNS)
-def test_forced_generation_logits_and_inputs(model, cases, name):
+def test_forced_generation_logits_and_inputs(model, cases):
     """The recorded tokens fed back: CFG-mixed logits and next-scale inputs at every scale."""
-    run, tol = cases[name], 2e-4
-    gen = model.with_schedule(run["schedule"])
-    sampling = _sampling(run)
-    state = gen.start(cases["labels"].tolist(), [0] * run["B"], sampling)
-    for si, idx in enumerate(run["idx"]):
-        assert gen.sampler_top_k(si, sampling) == run["sampler_top_k"][si]
-        logits = gen.next_logits(state)
-        if si < len(run["logits"]):
-            _close(logits, run["logits"][si], tol)
-        top = logits.topk(2, dim=-1)
-        _close(top.values, run["logits_top2_values"][si], tol)
-        clear = (top.values[..., 0] - top.values[..., 1]) > tol
-        assert torch.equal(top.indices[..., 0][clear], run["logits_top2_indices"][si][..., 0][clear])
-        gen.advance(state, idx)
-        if si + 1 < gen.num_scales:
-            with torch.inference_mode():
-                _close(gen.vae.next_input(idx, gen.sides[si + 1]), run["next_input"][si], 1e-5)
+    tol = 2e-4
+    for name in cases["runs"]:
+        run = cases[name]
+        gen = model.with_schedule(run["schedule"])
+        sampling = _sampling(run)
+        state = gen.start(cases["labels"].tolist(), [run["g_seed"]] * run["B"], sampling)
+        for si, idx in enumerate(run["idx"]):
+            assert gen.sampler_top_k(si, sampling) == run["sampler_top_k"][si], f"{name}: scale {si}"
+            logits = gen.next_logits(state)
+            if si < len(run["logits"]):
+                _close(logits, run["logits"][si], tol)
+            top = logits.topk(2, dim=-1)
+            _close(top.values, run["logits_top2_values"][si], tol)
+            clear = (top.values[..., 0] - top.values[..., 1]) > tol
+            assert torch.equal(top.indices[..., 0][clear], run["logits_top2_indices"][si][..., 0][clear])
+            gen.advance(state, idx)
+            if si + 1 < gen.num_scales:
+                with torch.inference_mode():
+                    _close(gen.vae.next_input(idx, gen.sides[si + 1]), run["next_input"][si], 1e-5)
+
