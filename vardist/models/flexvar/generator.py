@@ -7,8 +7,9 @@ Generation, per scale si of the schedule (side pn):
 2. mix with CFG: "ramp" (the reference's default, used for its FIDs): t = cfg * si / min(n-1, 9)
    (t = cfg when pn > max_pn), logits = (1+t) cond - t uncond; "constant" (its demo script,
    LlamaGen style): uncond + cfg (cond - uncond) at every scale;
-3. (optional temperature tau, 1 in the reference) sample through `vardist.models.sampling` (item streams, reference top-k/top-p); sides the model
-   was not trained at, and sides > max_pn, are sampled greedily as the reference does;
+3. divide by the temperature tau (1 in the reference, which has none) and sample through
+   `vardist.models.sampling` (item streams, reference top-k/top-p); sides the model was not
+   trained at, and sides > max_pn, are sampled greedily as the reference does;
 4. the next input is word_embed(bicubic-resized code vectors of these tokens) + its positions.
 The image is decoded from the last scale's tokens alone.
 
@@ -114,8 +115,8 @@ class FlexVARGenerator(ScaleWiseGenerator):
 
     @torch.inference_mode()
     def next_logits(self, state: GenState) -> torch.Tensor:
-        """The CFG-mixed logits [B, P, V] of scale state.next_scale (divided by Sampling.tau when it
-    is not 1), computed once per scale: sampling, pools and `advance` all reuse them."""
+        """The CFG-mixed logits [B, P, V] of scale state.next_scale (divided by tau when it is
+        not 1), computed once per scale: sampling, pools and `advance` all reuse them."""
         c: _Cache = state.cache
         si = state.next_scale
         if si >= self.num_scales:
@@ -140,7 +141,8 @@ class FlexVARGenerator(ScaleWiseGenerator):
     def _options(self, sampling: Sampling) -> tuple[str, int]:
         unknown = set(sampling.options) - {"cfg_mode", "max_pn"}
         if unknown:
-            raise ValueError(f"unknown FlexVAR sampling options {sorted(unknown)}; known: cfg_mode, max_pn")
+            raise ValueError(f"unknown FlexVAR sampling options {sorted(unknown)}; "
+                             f"known: cfg_mode, max_pn")
         return _check_mode(sampling.options.get("cfg_mode", self.cfg_mode),
                            sampling.options.get("max_pn", self.max_pn))
 
@@ -174,7 +176,8 @@ class FlexVARGenerator(ScaleWiseGenerator):
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         codes = torch.as_tensor(codes).cpu()
         V = len(self._codebook)
-        if codes.dtype.is_floating_point or (codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < V):
+        if codes.dtype.is_floating_point or (
+                codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < V):
             raise ValueError(f"codes must be integer token ids in 0..{V - 1}")
         return self._codebook[codes.long()]
 
@@ -228,8 +231,10 @@ class FlexVARGenerator(ScaleWiseGenerator):
             # one block-causal pass over scales 0..k-1 fills the KV cache as generation would
             t = self.transformer
             x_in = [self.vae.next_input(maps[si], self.sides[si + 1]) for si in range(k - 1)]
-            x = t.embed(c.cond, torch.cat(x_in, 1).repeat(2, 1, 1) if x_in else None, c.pos[:, :self._begin[k]])
-            t.run(x, c.cond, block_causal_bias(self.sides[:k]).to(self.device)[None, None], c.kv, logits=False)
+            x = t.embed(c.cond, torch.cat(x_in, 1).repeat(2, 1, 1) if x_in else None,
+                        c.pos[:, :self._begin[k]])
+            mask = block_causal_bias(self.sides[:k]).to(self.device)[None, None]
+            t.run(x, c.cond, mask, c.kv, logits=False)
             c.x = self._scale_input(maps[-1], k, c)
         else:
             c.x = None
@@ -279,15 +284,17 @@ class FlexVARGenerator(ScaleWiseGenerator):
         return sides
 
     def generate(self, labels: Sequence[int] | torch.Tensor, *, cfg: float = 1.5, top_k: int = 0,
-                 top_p: float = 0.0, seeds: Sequence[int] | None = None, schedule: Sequence[int] | None = None,
-                 cfg_mode: str = "ramp", max_pn: int = 16) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                 top_p: float = 0.0, seeds: Sequence[int] | None = None,
+                 schedule: Sequence[int] | None = None, cfg_mode: str = "ramp",
+                 max_pn: int = 16) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Plain generation (defaults: the reference function's): (raw decoder output
         [B, 3, H, W] float, unclamped, token maps of every scale [B, pn*pn] int64). Item i draws
         from the stream of seeds[i] only (default seeds 0..B-1)."""
         gen = self if schedule is None else self.with_schedule(schedule)
         labels = [int(x) for x in torch.as_tensor(labels).reshape(-1).tolist()]
         seeds = list(range(len(labels))) if seeds is None else list(seeds)
-        sampling = Sampling(cfg=cfg, top_k=top_k, top_p=top_p, options={"cfg_mode": cfg_mode, "max_pn": max_pn})
+        sampling = Sampling(cfg=cfg, top_k=top_k, top_p=top_p,
+                            options={"cfg_mode": cfg_mode, "max_pn": max_pn})
         state = gen.start(labels, seeds, sampling)
         gen.run_scales(state, gen.num_scales)
         return gen.decode(state.maps[-1]), list(state.maps)
@@ -314,36 +321,40 @@ def load_transformer_state(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def build(vae_cfg: FlexVAEConfig, var_cfg: FlexVARConfig, vae_path: str | Path, var_path: str | Path, *,
-          schedule: Sequence[int] = DEFAULT_SCHEDULE, cfg_mode: str = "ramp",
+def build(vae_cfg: FlexVAEConfig, var_cfg: FlexVARConfig, vae_path: str | Path,
+          var_path: str | Path, *, schedule: Sequence[int] = DEFAULT_SCHEDULE, cfg_mode: str = "ramp",
           device: str | torch.device = "cpu") -> FlexVARGenerator:
     """Build both networks and load the official files key for key (CheckpointMismatch otherwise).
     Built on the meta device and materialised empty: every value comes from the files."""
     with torch.device("meta"):
         vae, tf = FlexVAE(vae_cfg), FlexVARTransformer(var_cfg)
     vae, tf = vae.to_empty(device=device), tf.to_empty(device=device)
-    load_exact(vae, read_state_dict(vae_path, unwrap=("model",)),
-               what=f"the FlexVAR tokenizer (codebook {vae_cfg.codebook_size}, ch {vae_cfg.ch}) from {vae_path}")
-    load_exact(tf, load_transformer_state(var_path),
-               what=f"the FlexVAR d{var_cfg.depth} transformer (vocab {var_cfg.vocab_size}) from {var_path}")
+    load_exact(vae, read_state_dict(vae_path, unwrap=("model",)), what=f"the FlexVAR tokenizer "
+               f"(codebook {vae_cfg.codebook_size}, ch {vae_cfg.ch}) from {vae_path}")
+    load_exact(tf, load_transformer_state(var_path), what=f"the FlexVAR d{var_cfg.depth} "
+               f"transformer (vocab {var_cfg.vocab_size}) from {var_path}")
     return FlexVARGenerator(vae, tf, schedule=schedule, cfg_mode=cfg_mode, device=device)
 
 
 def configs_from_fixture(config: Mapping) -> tuple[FlexVAEConfig, FlexVARConfig, tuple[int, ...]]:
-    """Model configs and default schedule from a fixture's config.json (every size read, none assumed)."""
+    """Model configs and default schedule from a fixture's config.json (every size is read from
+    it, none assumed)."""
     kw, der, tok = config["build_vae_var_kwargs"], config["flexvar_derived"], config["tokenizer"]
     if kw.get("shared_aln") or not der.get("attn_l2_norm", True):
-        raise ValueError("FlexVAR here supports shared_aln=False and attn_l2_norm=True only (the releases)")
-    if tuple(tok["encoder_ch_mult"]) != tuple(tok["decoder_ch_mult"]) or tok.get("groupnorm_groups", 32) != 32:
+        raise ValueError("only shared_aln=False and attn_l2_norm=True (the released setting) are supported")
+    if (tuple(tok["encoder_ch_mult"]) != tuple(tok["decoder_ch_mult"])
+            or tok.get("groupnorm_groups", 32) != 32):
         raise ValueError("the tokenizer needs equal encoder/decoder ch_mult and 32 GroupNorm groups")
-    var_cfg = FlexVARConfig(depth=kw["depth"], vocab_size=kw["V"], Cvae=kw["Cvae"], num_classes=kw["num_classes"],
-                            mlp_ratio=der["ffn_hidden"] / der["C"], norm_eps=der["norm_eps"],
+    var_cfg = FlexVARConfig(depth=kw["depth"], vocab_size=kw["V"], Cvae=kw["Cvae"],
+                            num_classes=kw["num_classes"], mlp_ratio=der["ffn_hidden"] / der["C"],
+                            norm_eps=der["norm_eps"],
                             pos_grid=der["pos_1LC_shape"][-1])
     if (der["C"], der["num_heads"]) != (var_cfg.embed_dim, var_cfg.num_heads):
         raise ValueError(f"fixture width/heads {der['C']}/{der['num_heads']} are not 64*depth/depth")
     vae_cfg = FlexVAEConfig(codebook_size=tok["codebook_size"], embed_dim=tok["codebook_embed_dim"],
-                            ch=tok.get("encoder_decoder_ch_override") or 128, ch_mult=tuple(tok["encoder_ch_mult"]),
-                            z_channels=tok["z_channels"], num_res_blocks=tok["num_res_blocks"],
+                            ch=tok.get("encoder_decoder_ch_override") or 128,
+                            ch_mult=tuple(tok["encoder_ch_mult"]), z_channels=tok["z_channels"],
+                            num_res_blocks=tok["num_res_blocks"],
                             show_usage=tok.get("codebook_show_usage", True))
     return vae_cfg, var_cfg, tuple(config.get("default_schedule", DEFAULT_SCHEDULE))
 
