@@ -3,6 +3,7 @@ with FlexVAR's paper defaults (scale 2, n 50, cfg 2.5, alpha 2.6)."""
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -39,3 +40,20 @@ def test_search_flexvar_tiny_end_to_end(fixtures_dir, tmp_path, monkeypatch):
     got = np.asarray(Image.open(out / row["path"]).convert("RGB"))
     assert got.shape == (256, 256, 3)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1   # batch-size rounding at most
+
+
+def test_search_scale_indexes_into_the_chosen_schedule(fixtures_dir, monkeypatch):
+    """A model object with another schedule: the paper defaults come with it, and --scale is
+    checked against its own number of scales (planning only, nothing generated)."""
+    from vardist.api import plan_search
+    from vardist.io.conditions import InputError
+    from vardist.models import load
+
+    monkeypatch.delenv("VARDIST_WEIGHTS", raising=False)
+    model = load("flexvar-tiny", fixtures_dir / "flexvar-tiny", device="cpu")
+    steps13 = model.with_schedule((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16))
+    job, _ = plan_search(steps13, classes="1,2")
+    assert (job.settings.scale, job.settings.n, job.settings.cfg) == (2, 50, 2.5)
+    assert plan_search(steps13, classes="1", scale=12)[0].settings.scale == 12
+    with pytest.raises(InputError, match="scale 12 is beyond this model's schedule of 10"):
+        plan_search(model, classes="1", scale=12)
