@@ -76,31 +76,36 @@ def test_exact_is_blocked_without_changing_numbers(monkeypatch):
     np.testing.assert_allclose(kde_density(x, "exact"), whole, rtol=1e-12)
 
 
-@pytest.mark.parametrize("pool", ["tokens", "bits", "continuous"])
-def test_grouped_equals_exact(pool):
+@pytest.mark.parametrize("pool", ["tokens", "bits", "bits-split", "continuous"])
+def test_grouped_equals_exact(pool, monkeypatch):
+    if pool == "bits-split":
+        monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)  # let a small pool take the split plan
     x = {"tokens": lambda: token_pool(500, 4, seed=1),
          "bits": lambda: bit_pool(600, 3, seed=1),
+         "bits-split": lambda: bit_pool(600, 3, seed=1),
          "continuous": lambda: np.random.default_rng(1).normal(size=(300, 2, 8))}[pool]()
     exact = kde_density(x, "exact")
     np.testing.assert_allclose(kde_density(x, "grouped"), exact, rtol=1e-6)
     np.testing.assert_allclose(kde_density(x, "auto"), exact, rtol=1e-6)
 
 
-def test_bits_take_the_split_plan_and_tokens_do_not():
+def test_bits_take_the_split_plan_and_tokens_do_not(monkeypatch):
+    monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)
     bits = kde._position(bit_pool(2000, 1, seed=2), 0, "l2")
     toks = kde._position(token_pool(2000, 1, seed=2), 0, "l2")
     assert kde._split_plan(bits, len(kde._unique_rows(bits)[0])) is not None
     assert kde._split_plan(toks, len(kde._unique_rows(toks)[0])) is None
 
 
-def test_split_plan_equals_dense_on_wide_bandwidth():
+def test_split_plan_equals_dense_on_wide_bandwidth(monkeypatch):
     # a wide kernel makes every pair count, so the split product must carry all of them
+    monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)
     x = kde._position(bit_pool(800, 1, seed=4), 0, "l2")
     u, inv, counts = kde._unique_rows(x)
     plan = kde._split_plan(x, len(u))
     assert plan is not None
     for h in (0.2, 1.5, 6.0):
-        np.testing.assert_allclose(kde._split_sums(x, h, plan[1]),
+        np.testing.assert_allclose(kde._split_sums(h, *plan[1:]),
                                    kde._kernel_sums(u, u, counts, h)[inv], rtol=1e-10)
 
 
@@ -158,11 +163,13 @@ def test_faiss_is_a_lower_bound_within_its_tail_bound():
     np.testing.assert_allclose(kde_density(x, "faiss", k_neighbors=400), exact, rtol=1e-10)
 
 
-def test_auto_falls_back_to_faiss_for_expensive_continuous_positions(monkeypatch):
+def test_auto_falls_back_to_faiss_ivf_for_expensive_continuous_positions(monkeypatch):
     monkeypatch.setattr(kde, "AUTO_COST_MAX", 1)
     x = np.random.default_rng(10).normal(size=(300, 1, 3))
-    np.testing.assert_array_equal(kde_density(x, "auto", k_neighbors=10),
-                                  kde_density(x, "faiss", k_neighbors=10))
+    auto = kde_density(x, "auto", k_neighbors=10)
+    assert not np.allclose(auto, kde_density(x, "exact"), rtol=1e-6)  # it did leave the exact path
+    monkeypatch.setattr(kde, "IVF_MIN", 1)
+    np.testing.assert_array_equal(auto, kde_density(x, "faiss", k_neighbors=10))
 
 
 def test_log_kde_density_matches_sklearn():
@@ -249,3 +256,9 @@ def test_pooled_bandwidth_refuses_mixed_shapes():
         pooled_bandwidth([np.zeros((4, 2, 3)), np.zeros((5, 2, 3))])
     with pytest.raises(ValueError, match=r"\[B, n, P, d\]"):
         pooled_bandwidth(np.zeros((4, 2, 3)))
+
+
+def test_unique_rows_survives_projection_collisions(monkeypatch):
+    monkeypatch.setattr(kde, "_projection", lambda d: np.zeros(d))  # every row collides
+    x = small_pool(6)
+    np.testing.assert_allclose(kde_density(x, "grouped"), loop_density(x), rtol=1e-10)
