@@ -248,3 +248,45 @@ def test_bad_input_errors(tiny):
         tiny.advance(state, torch.full((2, 1, 32), 2, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"expected \[L, 256\]"):
         tiny.generate([torch.zeros(3, 100)], cfg=1.0, tau=1.0, top_k=0, top_p=0.0, seeds=[0])
+
+
+def test_bf16_blocks_path(fixture_parts, fixtures_dir):
+    """Blocks stored in bf16 run under autocast (the CUDA default, checked here on the CPU):
+    logits with the recorded bits stay within bf16 noise of the fp32 reference."""
+    sd, vae_sd, icfg, vcfg = fixture_parts
+    c = torch.load(fixtures_dir / "infinity-tiny" / "cases.pt", weights_only=True)
+    text = list(c["text_kv_compact"].split(c["text_lens"]))
+    g = build(sd, vae_sd, icfg, vcfg, schedule=scale_schedule(1.0, "0.06M"), blocks_dtype=torch.bfloat16)
+    assert g.transformer.blocks[0].sa.mat_qkv.weight.dtype == torch.bfloat16
+    assert g.transformer.head.weight.dtype == torch.float32  # the head stays fp32, as the reference
+    r = c["ar_cfg3"]
+    _, _, logits = g.generate(text, cfg=3.0, tau=1.0, top_k=1, top_p=0.0, seeds=[0, 1], decode=False,
+                              forced_bits=[b[:, 0] for b in r["bits"]])
+    for ours, ref in zip(logits, r["logits"]):
+        assert (ours.flatten(2) - ref).abs().max() < 0.2
+        assert (ours.argmax(-1) == ref.unflatten(-1, (32, 2)).argmax(-1)).float().mean() > 0.95
+
+
+def test_flan_t5_from_a_local_folder(tmp_path):
+    """The Flan-T5 loader reads a local folder (model + tokenizer files) and never downloads."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from vardist.models.infinity.text import flan_t5, tiny_t5
+
+    with pytest.raises(FileNotFoundError, match="google/flan-t5-xl"):
+        flan_t5(tmp_path / "missing")
+    small = tiny_t5(64, seed=1)
+    small.model.save_pretrained(tmp_path)
+    tok = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "red": 4, "car": 5}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(tmp_path)
+    enc = flan_t5(tmp_path)
+    feats = enc.encode(["a red car", "car"])
+    assert [tuple(f.shape) for f in feats] == [(4, 64), (2, 64)]  # tokens + EOS, d_model
+    with torch.no_grad():
+        ref = small.model(input_ids=torch.tensor([[3, 4, 5, 1]])).last_hidden_state[0]
+    torch.testing.assert_close(feats[0], ref, atol=1e-5, rtol=0)

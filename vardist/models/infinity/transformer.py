@@ -243,7 +243,9 @@ class CrossAttnBlock(nn.Module):
                 cache: list | None, mask: torch.Tensor | None) -> torch.Tensor:
         g1, g2, s1, s2, b1, b2 = (self.ada_gss + gss).unbind(2)
         x = x + self.sa(_ln(x, self.eps) * (1 + s1) + b1, rope, cache, mask) * g1
-        x = x + self.ca(self.ca_norm(x), text_kv, text_mask)
+        n = self.ca_norm  # in fp32 even when the block is stored in bf16 (autocast's rule on CUDA)
+        x = x + self.ca(F.layer_norm(x.float(), x.shape[-1:], n.weight.float(), n.bias.float(), n.eps),
+                        text_kv, text_mask)
         return x + self.ffn(_ln(x, self.eps) * (1 + s2) + b2) * g2
 
 
@@ -314,9 +316,10 @@ class Infinity(nn.Module):
             x, lens = torch.cat((x, u)), lens + lens
         mask = torch.arange(x.shape[1], device=dev)[None] < torch.tensor(lens, device=dev)[:, None]
         x = self.text_norm(x)
-        sos = self.text_proj_for_sos.ca(x, mask)
+        sos = self.text_proj_for_sos.ca(x, mask).float()
         ca_in = self.text_proj_for_ca(x)
-        gss = self.shared_ada_lin(sos).unflatten(-1, (6, -1)).unsqueeze(1)
+        with torch.autocast(dev.type, enabled=False):  # the shared AdaLN runs in fp32 (reference)
+            gss = self.shared_ada_lin(sos).unflatten(-1, (6, -1)).unsqueeze(1)
         kv = [b.ca.kv(ca_in, b.ca.heads) for b in self.blocks]
         return TextCond(sos, gss, mask, kv)
 
