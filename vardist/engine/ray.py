@@ -25,6 +25,7 @@ import os
 import time
 import uuid
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
@@ -40,6 +41,7 @@ class RayOptions:
     depth: int = 2               # tasks queued per actor
     max_replacements: int | None = None  # actors replaced before the run gives up (None: 2 x actors)
     placement_timeout_s: float = 600.0   # wait this long for the cluster to fit every actor
+    select_on: str = "auto"  # "driver", "tasks" (1-CPU Ray tasks), auto: tasks on GPU clusters
 
     def check(self) -> None:
         from vardist.io.conditions import InputError
@@ -49,6 +51,9 @@ class RayOptions:
         if self.cpus_per_actor <= 0:
             raise InputError(f"cpus_per_actor must be > 0, got {self.cpus_per_actor}",
                              param="cpus_per_actor")
+        if self.select_on not in ("auto", "driver", "tasks"):
+            raise InputError(f"select_on must be auto, driver or tasks, got {self.select_on!r}",
+                             param="select_on")
         if self.depth < 1:
             raise InputError(f"depth must be >= 1, got {self.depth}", param="depth")
         a = self.address
@@ -106,10 +111,12 @@ def _keys(codes: np.ndarray, code_ndim: int) -> np.ndarray:
 @dataclass
 class CodeTable:
     """Embeddings of the distinct codes of a pool, as a numpy `embed` function: the driver
-    measures candidates without the model. code_ndim: len(model.code_shape)."""
+    measures candidates without the model. code_ndim: len(model.code_shape). When the
+    embedding is the code itself as floats (Infinity's bits), nothing is shipped: a pool of
+    n = 3000 at scale 3 has nearly as many distinct bit rows as positions."""
 
-    codes: np.ndarray   # [U, *code_shape], sorted by key
-    vectors: np.ndarray  # [U, d] float32
+    codes: np.ndarray | None    # [U, *code_shape], sorted by key; None: identity embedding
+    vectors: np.ndarray | None  # [U, d] float32
     code_ndim: int
 
     @classmethod
@@ -119,9 +126,14 @@ class CodeTable:
         _, first = np.unique(keys, return_index=True)  # sorted by key
         flat = codes.reshape(-1, *codes.shape[codes.ndim - code_ndim:])
         uniq = flat[first]
-        return cls(uniq, embed(uniq[None])[0].astype(np.float32, copy=False), code_ndim)
+        vectors = embed(uniq[None])[0].astype(np.float32, copy=False)
+        if code_ndim == 1 and vectors.shape == uniq.shape and np.array_equal(vectors, uniq):
+            return cls(None, None, code_ndim)
+        return cls(uniq, vectors, code_ndim)
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
+        if self.vectors is None:
+            return codes.astype(np.float32)
         lead = codes.shape[:codes.ndim - self.code_ndim]
         pos = np.searchsorted(_keys(self.codes, self.code_ndim), _keys(codes, self.code_ndim))
         return self.vectors[pos].reshape(*lead, self.vectors.shape[-1])
@@ -176,16 +188,37 @@ class Generator:
         return os.getpid()
 
 
+# --- the selection stage ------------------------------------------------------------------
+
+@dataclass
+class Selected:
+    """A batch's choices and what its continuation needs (all small)."""
+
+    choices: list
+    prefix: list[Packed]
+    chosen: Packed
+    pool_seconds: float
+
+
+def select_pool(msg: PoolMsg, seeds: list[int], settings: Any, keep_density: bool) -> Selected:
+    """Densities and choices for one pool batch: on the driver, or as a Ray task next to the
+    object (pipeline.select_batch does the work; the table stands in for model.embed)."""
+    from vardist.engine import pipeline
+
+    codes = msg.codes.unpack()
+    choices = pipeline.select_batch(codes, msg.table, seeds, settings, keep_density=keep_density)
+    chosen = codes[np.arange(len(choices)), [c.index for c in choices]]
+    return Selected(choices, msg.prefix, Packed.pack(chosen), msg.seconds)
+
+
 # --- the driver ---------------------------------------------------------------------------
 
 @dataclass
 class _Task:
-    kind: str                 # "pool" or "finish"
+    kind: str                 # "pool", "select" or "finish"
     bi: int                   # canonical batch index
     batch: list               # its work items
-    args: tuple               # finish: (prefix, chosen); pool: ()
-    choices: list | None = None
-    pool_seconds: float = 0.0
+    selected: Selected | None = None
 
 
 class _ActorSet:
@@ -269,7 +302,6 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
     returned results carry `.stats` (actors, replaced, redone)."""
     import ray
 
-    from vardist.engine import pipeline
     from vardist.engine.results import Recorder, Result, SearchResults
 
     known = {f.name for f in fields(RayOptions)}
@@ -309,56 +341,108 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
     pool = _ActorSet(ray, cls, (model_arg, job.weights, job.device, threads), n, bundle,
                      opts.max_replacements if opts.max_replacements is not None else 2 * n,
                      opts.placement_timeout_s)
-    settings = job.settings
+    on_tasks = opts.select_on == "tasks" or (opts.select_on == "auto" and bundle.get("GPU"))
+    stage = _Stage(ray, job, pool, opts.depth, on_tasks, recorder, results, progress, total)
     try:
-        waiting = deque(_Task("pool", bi, batch, ()) for bi, batch in todo_batches)
-        finishing: deque[_Task] = deque()
-        inflight: dict[Any, tuple[_Task, int, Any]] = {}
-        load = [0] * n
-        redone = 0
-        while waiting or finishing or inflight:
-            # Fill every actor up to `depth`, finishing work first: it frees driver memory.
-            while (finishing or waiting) and min(load) < opts.depth:
-                slot = load.index(min(load))
-                task = finishing.popleft() if finishing else waiting.popleft()
-                h = pool.handles[slot]
-                if task.kind == "pool":
-                    ref = h.pool.remote(task.batch, settings)
-                else:
-                    ref = h.finish.remote(task.batch, settings, *task.args)
-                inflight[ref] = (task, slot, h)
-                load[slot] += 1
-            first, rest = ray.wait(list(inflight), num_returns=1)
-            ready = first + (ray.wait(rest, num_returns=len(rest), timeout=0)[0] if rest else [])
-            for ref in ready:
-                task, slot, h = inflight.pop(ref)
-                load[slot] -= 1
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayActorError as e:  # lost with its actor: redo it
-                    pool.replace(slot, h, e)
-                    redone += 1
-                    (waiting if task.kind == "pool" else finishing).appendleft(task)
-                    continue
-                if task.kind == "pool":
-                    codes = out.codes.unpack()
-                    choices = pipeline.select_batch(codes, out.table, [it.seed for it in task.batch],
-                                                    settings, keep_density=job.log_candidates)
-                    chosen = codes[np.arange(len(choices)), [c.index for c in choices]]
-                    finishing.append(_Task("finish", task.bi, task.batch,
-                                           (out.prefix, Packed.pack(chosen)), choices, out.seconds))
-                else:
-                    images, maps, secs = out
-                    for r in recorder.record(task.bi, task.batch, task.choices, images,
-                                             [m.unpack() for m in maps], task.pool_seconds, secs):
-                        results[r.item.index] = r
-                    if progress:
-                        progress(len(results), total)
+        stage.drive([_Task("pool", bi, batch) for bi, batch in todo_batches])
         recorder.close()
     finally:
         pool.close()
         if started:
             ray.shutdown()
     out = SearchResults(results[i] for i in sorted(results))
-    out.stats = {"actors": n, "replaced": pool.replaced, "redone": redone}
+    out.stats = {"actors": n, "replaced": pool.replaced, "redone": stage.redone,
+                 "select_on": "tasks" if on_tasks else "driver"}
     return out
+
+
+class _Stage:
+    """The dispatch loop. Actors get at most `depth` calls each, finishing first; at most
+    actors x (depth + 1) batches are open (pool submitted, images not yet written), which bounds
+    the object store and the driver's memory however long the run is."""
+
+    def __init__(self, ray: Any, job: Any, actors: _ActorSet, depth: int, on_tasks: bool,
+                 recorder: Any, results: dict, progress: Any, total: int) -> None:
+        self.ray, self.job, self.actors, self.depth = ray, job, actors, depth
+        self.recorder, self.results, self.progress, self.total = recorder, results, progress, total
+        self.select_task = ray.remote(num_cpus=1)(select_pool) if on_tasks else None
+        self.load = [0] * len(actors.handles)
+        self.max_open = len(actors.handles) * (depth + 1)
+        self.redone = 0
+
+    def drive(self, batches: list[_Task]) -> None:
+        # PNG encoding and log writes run on one helper thread, in order, while the loop keeps
+        # the actors fed; at most one write per actor waits in its queue.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vardist-write") as writer:
+            self._drive(batches, writer)
+            for f in self.writes:
+                f.result()
+
+    def _drive(self, batches: list[_Task], writer: ThreadPoolExecutor) -> None:
+        ray = self.ray
+        self.writes: deque[Future] = deque()
+        waiting, finishing = deque(batches), deque()
+        inflight: dict[Any, tuple[_Task, int, Any]] = {}
+        open_batches = 0
+        while waiting or finishing or inflight:
+            while min(self.load) < self.depth and (
+                    finishing or (waiting and open_batches < self.max_open)):
+                task = finishing.popleft() if finishing else waiting.popleft()
+                open_batches += task.kind == "pool"
+                ref, slot, h = self._submit(task)
+                inflight[ref] = task, slot, h
+            first, rest = ray.wait(list(inflight), num_returns=1)
+            ready = first + (ray.wait(rest, num_returns=len(rest), timeout=0)[0] if rest else [])
+            for ref in ready:
+                task, slot, h = inflight.pop(ref)
+                if slot >= 0:
+                    self.load[slot] -= 1
+                try:
+                    out = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                    # Lost with its actor (or the pool it read): redo from the last good step.
+                    if slot >= 0:
+                        self.actors.replace(slot, h, e)
+                    self.redone += 1
+                    if task.kind == "finish":
+                        finishing.appendleft(task)
+                    else:
+                        waiting.appendleft(_Task("pool", task.bi, task.batch))
+                        open_batches -= 1
+                    continue
+                if task.kind == "pool" and self.select_task:  # select next to the object
+                    sel = self.select_task.remote(ref, self._seeds(task), self.job.settings,
+                                                  self.job.log_candidates)
+                    inflight[sel] = _Task("select", task.bi, task.batch), -1, None
+                elif task.kind in ("pool", "select"):
+                    selected = out if task.kind == "select" else select_pool(
+                        out, self._seeds(task), self.job.settings, self.job.log_candidates)
+                    finishing.append(_Task("finish", task.bi, task.batch, selected))
+                else:
+                    while self.writes and (len(self.writes) >= len(self.load)
+                                           or self.writes[0].done()):
+                        self.writes.popleft().result()  # re-raises a failed write
+                    self.writes.append(writer.submit(self._record, task, *out))
+                    open_batches -= 1
+
+    def _submit(self, task: _Task) -> tuple[Any, int, Any]:
+        """Give a pool or finish call to the least loaded actor: (ref, slot, actor)."""
+        slot = self.load.index(min(self.load))
+        h = self.actors.handles[slot]
+        self.load[slot] += 1
+        if task.kind == "pool":
+            return h.pool.remote(task.batch, self.job.settings), slot, h
+        sel = task.selected
+        return h.finish.remote(task.batch, self.job.settings, sel.prefix, sel.chosen), slot, h
+
+    @staticmethod
+    def _seeds(task: _Task) -> list[int]:
+        return [it.seed for it in task.batch]
+
+    def _record(self, task: _Task, images: np.ndarray, maps: list[Packed], seconds: float) -> None:
+        sel = task.selected
+        for r in self.recorder.record(task.bi, task.batch, sel.choices, images,
+                                      [m.unpack() for m in maps], sel.pool_seconds, seconds):
+            self.results[r.item.index] = r
+        if self.progress:
+            self.progress(len(self.results), self.total)

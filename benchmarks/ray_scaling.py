@@ -1,0 +1,121 @@
+"""Ray engine scaling: images/s of the local engine, Ray with 1 actor and Ray with 2 actors on
+the same items, measured in one run, with the ratios.
+
+    python benchmarks/ray_scaling.py                          # toy-digits, 2 CPU cores
+    python benchmarks/ray_scaling.py --model var-fixture --images 96
+
+Goals (issue 6): Ray 1 actor >= 0.9x local; Ray 2 actors >= 1.7x Ray 1 actor.
+Threads: the local engine and the single actor get all `--cpus` torch threads; with 2 actors
+each gets cpus/2, so every configuration uses the same cores. The Ray instance is started once
+before timing; "steady img/s" counts from the first finished batch to the last (actor start-up
+and model loading excluded, which is what matters for long runs); "wall s" includes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import vardist
+from vardist.engine import local, ray as ray_engine
+from vardist.engine.results import Recorder
+
+FIXTURES = Path(os.environ.get("VARDIST_SHARED",
+                               Path(__file__).resolve().parents[2] / "shared")) / "fixtures"
+
+
+def build(name: str):
+    if name == "var-fixture":
+        from vardist.models.var import from_fixture
+
+        return from_fixture(FIXTURES / "var-tiny")
+    return vardist.models.load(name, device="cpu")
+
+
+class Clock:
+    """Progress callback recording when each batch's images landed."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.marks: list[tuple[float, int]] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        if done:
+            self.marks.append((time.perf_counter(), done))
+
+    def rates(self) -> tuple[float, float, int]:
+        """(wall seconds, steady images/s, images)."""
+        (t_first, d_first), (t_last, d_last) = self.marks[0], self.marks[-1]
+        steady = (d_last - d_first) / (t_last - t_first) if t_last > t_first else float("nan")
+        return t_last - self.t0, steady, d_last
+
+
+def one_run(model, args, engine: str, actors: int = 1) -> tuple[float, float, int]:
+    from vardist.api import plan_search
+
+    with tempfile.TemporaryDirectory() as out:
+        job, config = plan_search(model, classes=list(range(model.num_classes or 10))[:10],
+                                  samples=args.images // 10, n=args.n, scale=args.scale, seed=0, out=out,
+                                  batch_size=args.batch_size, engine=engine,
+                                  **({"actors": actors} if engine == "ray" else {}))
+        clock = Clock()
+        if engine == "local":
+            torch.set_num_threads(args.cpus)
+            local.run(job, model, Recorder(job, config), clock)
+        else:
+            ray_engine.run(job, model, Recorder(job, config), clock, actors=actors,
+                           cpus_per_actor=args.cpus / actors, depth=args.depth)
+        return clock.rates()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="toy-digits", help="registry name or var-fixture")
+    p.add_argument("--images", type=int, default=160, help="images per configuration")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n", type=int, default=100, help="pool size")
+    p.add_argument("--scale", type=int, default=1, help="scale searched")
+    p.add_argument("--cpus", type=int, default=2, help="cores given to the generators")
+    p.add_argument("--depth", type=int, default=2, help="tasks queued per actor")
+    p.add_argument("--repeats", type=int, default=1, help="best of this many runs each")
+    args = p.parse_args()
+
+    import ray
+
+    try:
+        model = build(args.model)
+    except FileNotFoundError as e:
+        sys.exit(f"{args.model}: {e}\n(try --model var-fixture)")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    one_run(model, argparse.Namespace(**{**vars(args), "images": 20}), "local")  # warm-up
+
+    rows = {}
+    for label, engine, actors in (("local", "local", 1), ("ray, 1 actor", "ray", 1),
+                                  ("ray, 2 actors", "ray", 2)):
+        best = max((one_run(model, args, engine, actors) for _ in range(args.repeats)),
+                   key=lambda r: r[1])
+        rows[label] = best
+    ray.shutdown()
+
+    print(f"model {args.model}, {rows['local'][2]} images, batch {args.batch_size}, n {args.n}, "
+          f"{args.cpus} cores, torch {torch.__version__}, ray {ray.__version__}, "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    print(f"{'engine':<16}{'wall s':>9}{'steady img/s':>14}")
+    for label, (wall, steady, _) in rows.items():
+        print(f"{label:<16}{wall:>9.2f}{steady:>14.2f}")
+    r1 = rows["ray, 1 actor"][1] / rows["local"][1]
+    r2 = rows["ray, 2 actors"][1] / rows["ray, 1 actor"][1]
+    print(f"ray 1 actor / local     {r1:.2f}x  (goal >= 0.9)")
+    print(f"ray 2 actors / 1 actor  {r2:.2f}x  (goal >= 1.7)")
+
+
+if __name__ == "__main__":
+    main()
