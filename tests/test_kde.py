@@ -258,7 +258,9 @@ def test_pooled_bandwidth_refuses_mixed_shapes():
         pooled_bandwidth(np.zeros((4, 2, 3)))
 
 
-def test_unique_rows_survives_projection_collisions(monkeypatch):
-    monkeypatch.setattr(kde, "_projection", lambda d: np.zeros(d))  # every row collides
-    x = small_pool(6)
-    np.testing.assert_allclose(kde_density(x, "grouped"), loop_density(x), rtol=1e-10)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_unique_rows_survives_projection_collisions(monkeypatch, dtype):
+    x = small_pool(6).astype(dtype)
+    want = kde_density(x, "exact")
+    monkeypatch.setattr(kde, "_projection", lambda d, m: np.zeros((d, m)))  # every row collides
+    np.testing.assert_allclose(kde_density(x, "grouped"), want, rtol=1e-10)

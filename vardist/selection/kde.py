@@ -123,6 +123,7 @@ SPLIT_MIN_UNIQUE = 1024     # below this many distinct vectors the dense plan is
 
 def _position_sums(xi: np.ndarray, h: float | None, method: str, k: int, nprobe: int) -> np.ndarray:
     if method == "exact":
+        xi = np.ascontiguousarray(xi, dtype=np.float64)
         return _kernel_sums(xi, xi, None, _silverman(xi) if h is None else h)
     u, inv, counts = _unique_rows(xi)
     if h is None:
@@ -241,21 +242,27 @@ def _split_sums(h: float, half_a, half_b) -> np.ndarray:
 
 
 def _unique_rows(xi: np.ndarray):
-    """Distinct rows of xi with inverse and counts. Groups rows by a random projection (one GEMV
-    and a 1-D sort, ~10x faster than np.unique(axis=0)), then checks the grouping, so a
-    projection collision can only cost time, never correctness."""
-    key = xi @ _projection(xi.shape[1])
+    """Distinct rows of xi (as float64) with inverse and counts. Rows are keyed by a random
+    projection (a GEMV and a 1-D sort, ~10x faster than np.unique(axis=0)), then the grouping is
+    checked element by element, so a key collision can only cost time, never correctness.
+    float32 rows get two float32 projections read as one int64 key (48 significant bits), so
+    the rows are never cast."""
+    if xi.dtype == np.float32:
+        key = np.ascontiguousarray(xi @ _projection(xi.shape[1], 2).astype(np.float32)).view(np.int64)[:, 0]
+    else:
+        key = np.asarray(xi, dtype=np.float64) @ _projection(xi.shape[1], 1)[:, 0]
     _, first, inv, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-    u = xi[first]
     inv = inv.reshape(-1)
-    if not np.array_equal(u[inv], xi):
-        u, inv, counts = np.unique(xi, axis=0, return_inverse=True, return_counts=True)
+    if not np.array_equal(xi[first][inv], xi):
+        _, first, inv, counts = np.unique(xi, axis=0, return_index=True, return_inverse=True,
+                                          return_counts=True)
         inv = inv.reshape(-1)
-    return u, inv, counts.astype(np.float64)
+    return np.asarray(xi[first], dtype=np.float64), inv, counts.astype(np.float64)
 
 
-def _projection(d: int) -> np.ndarray:
-    return np.random.default_rng(0x5EED).uniform(0.5, 1.5, d) * np.where(np.arange(d) % 2, 1, -1)
+def _projection(d: int, m: int) -> np.ndarray:
+    """[d, m] fixed random weights of mixed sign (a fixed seed: groupings are reproducible)."""
+    return np.random.default_rng(0x5EED).uniform(0.5, 1.5, (d, m)) * np.where(np.arange(d) % 2, 1, -1)[:, None]
 
 
 def _faiss_sums(u: np.ndarray, counts: np.ndarray, h: float, k: int, nprobe: int,
@@ -305,20 +312,24 @@ def _check_x(x) -> np.ndarray:
     n, P, d = x.shape
     if n < 1 or P < 1 or d < 1:
         raise ValueError(f"x needs n >= 1 candidates, P >= 1 positions and d >= 1 dims, got shape {x.shape}")
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = tuple(int(v) for v in np.argwhere(~finite)[0])
-        raise ValueError(f"x holds a non-finite value {x[bad]} at index {bad}; embeddings must be finite")
+    # one float64 sum propagates any NaN/inf (and cannot overflow on finite float32 input);
+    # only when it is not finite is the elementwise scan paid for
+    if not np.isfinite(x.sum(dtype=np.float64)):
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = tuple(int(v) for v in np.argwhere(~finite)[0])
+            raise ValueError(f"x holds a non-finite value {x[bad]} at index {bad}; embeddings must be finite")
     return x
 
 
 def _position(x: np.ndarray, i: int, metric: str) -> np.ndarray:
-    """The n vectors at position i as contiguous float64 (cosine: L2-normalised)."""
-    xi = np.array(x[:, i, :], dtype=np.float64, order="C")
+    """The n vectors at position i: a view for l2 (grouping reads it without a copy), float64
+    L2-normalised vectors for cosine."""
+    xi = x[:, i, :]
     if metric == "cosine":
+        xi = np.array(xi, dtype=np.float64)
         norm = np.linalg.norm(xi, axis=1, keepdims=True)
         xi /= np.where(norm > 0, norm, 1.0)
-    xi += 0.0  # -0.0 -> +0.0, so equal vectors have equal bit patterns for grouping
     return xi
 
 
