@@ -251,8 +251,13 @@ def _unique_rows(xi: np.ndarray):
         key = np.ascontiguousarray(xi @ _projection(xi.shape[1], 2).astype(np.float32)).view(np.int64)[:, 0]
     else:
         key = np.asarray(xi, dtype=np.float64) @ _projection(xi.shape[1], 1)[:, 0]
-    _, first, inv, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-    inv = inv.reshape(-1)
+    order = np.argsort(key)  # unstable is fine: any member of a group can represent it
+    sk = key[order]
+    starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
+    first = order[starts]
+    counts = np.diff(np.append(starts, len(key)))
+    inv = np.empty(len(key), np.intp)
+    inv[order] = np.repeat(np.arange(len(starts)), counts)
     if not np.array_equal(xi[first][inv], xi):
         _, first, inv, counts = np.unique(xi, axis=0, return_index=True, return_inverse=True,
                                           return_counts=True)
