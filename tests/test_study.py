@@ -160,3 +160,26 @@ def test_torch_fidelity_refuses_to_run_without_package_or_weights(tmp_path):
         with pytest.raises(FileNotFoundError, match="does not download"):
             Study(DoubleModel(), [0], 2, {"n": [3]},
                   metrics=[TorchFidelity("isc", weights=str(tmp_path / "none.pth"))])
+
+
+def test_ray_engine_gives_the_local_study(study_run):
+    ray = pytest.importorskip("ray")
+    import scalewise_double
+
+    _, local_study, want = study_run
+    ray.cloudpickle.register_pickle_by_value(scalewise_double)  # tests/ is not installed
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             configure_logging=False)
+    try:
+        study = Study(DoubleModel(), CLASSES, seeds=3, sweep=SWEEP, batch_size=4, engine="ray",
+                      actors=2)
+        got = study.run()
+    finally:
+        ray.shutdown()
+    for col in ("setting", "item", "chosen", "branch"):
+        assert got.rows[col].to_pylist() == want.rows[col].to_pylist()
+    assert got.rows["density_chosen"].to_pylist() == pytest.approx(
+        want.rows["density_chosen"].to_pylist(), nan_ok=True)
+    assert got.stats["continuations"] == want.stats["continuations"]
+    for g, w in zip(got.rows["image_key"].to_pylist(), want.rows["image_key"].to_pylist()):
+        np.testing.assert_array_equal(got.images[g], want.images[w])

@@ -258,8 +258,8 @@ class Study:
     def __init__(self, model: str | ScaleWiseGenerator, conditions: Any, seeds: int | Sequence[int],
                  sweep: dict[str, Sequence] | None = None, metrics: Sequence[str | Metric] = (),
                  *, engine: str = "local", seed: int = 0, batch_size: int = 8,
-                 weights: str | Path | None = None, device: str | None = None,
-                 **engine_options: Any) -> None:
+                 finish_batch: int | None = None, weights: str | Path | None = None,
+                 device: str | None = None, **engine_options: Any) -> None:
         sweep = dict(sweep or {})
         for key, values in sweep.items():
             if key not in SWEEP_KEYS:
@@ -276,6 +276,10 @@ class Study:
                               for s in samples) or len(set(samples)) != len(samples):
             raise InputError(f"seeds must be a count >= 1 or distinct sample indices >= 0, got "
                              f"{seeds!r}", param="seeds")
+        finish_batch = 4 * batch_size if finish_batch is None else finish_batch
+        if isinstance(finish_batch, bool) or not isinstance(finish_batch, int) or finish_batch < 1:
+            raise InputError(f"finish_batch must be an integer >= 1, got {finish_batch!r}",
+                             param="finish_batch")
         if engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}",
                              param="engine")
@@ -303,6 +307,7 @@ class Study:
         if len(set(names)) != len(names):
             raise InputError(f"metric names must be distinct, got {names}", param="metrics")
         self.model, self.engine, self.seed, self.batch_size = model, engine, seed, batch_size
+        self.finish_batch = finish_batch
         self.weights, self.device, self.engine_options = weights, device, engine_options
         self.sweep = sweep
         self.condition_kind = job.condition_kind
@@ -375,11 +380,11 @@ class Study:
                         todo[ck] = (b, ch.index)
                     rows.append(_row(s, it, ch, cache[ck]))
             stats["select_seconds"] += time.perf_counter() - t0
-            # Finish the new distinct choices in chunks of batch_size (the same item may
+            # Finish the new distinct choices in chunks of finish_batch (the same item may
             # appear with several choices: each row is its own continuation).
             pending = list(todo.items())
-            for i in range(0, len(pending), self.batch_size):
-                part = pending[i:i + self.batch_size]
+            for i in range(0, len(pending), self.finish_batch):
+                part = pending[i:i + self.finish_batch]
                 rows_b = np.array([b for _, (b, _) in part])
                 t0 = time.perf_counter()
                 finishing.append(([cache[ck] for ck, _ in part], runner.finish(
@@ -505,8 +510,8 @@ def plot(summary: pa.Table, metric: str, path: str | Path) -> Path:
                and len({r[k] for r in rows}) > 1]
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
-        label = ", ".join([r["strategy"]] + [f"{k}={r[k]}" for k in varying
-                                             if k not in _SELECTION_KEYS or k in USES[r["strategy"]]])
+        shown = [k for k in varying if k not in _SELECTION_KEYS or k in USES[r["strategy"]]]
+        label = ", ".join([r["strategy"]] + [f"{k}={r[k]}" for k in shown])
         lines.setdefault(label, []).append((r["n"], r[metric]))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, pts in lines.items():
