@@ -183,3 +183,29 @@ def test_ray_engine_gives_the_local_study(study_run):
     assert got.stats["continuations"] == want.stats["continuations"]
     for g, w in zip(got.rows["image_key"].to_pylist(), want.rows["image_key"].to_pylist()):
         np.testing.assert_array_equal(got.images[g], want.images[w])
+
+
+def test_toy_judge_metrics_on_real_digits():
+    from vardist.zoo.specs import JUDGE_FILE, WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / JUDGE_FILE).is_file():
+        pytest.skip(f"the zoo's judge weights ({WEIGHTS_DIR / JUDGE_FILE}) are not built yet")
+    from vardist.study import BUILTIN_METRICS
+    from vardist.zoo.data import load_digits
+
+    d = load_digits("all")
+    grey = (d.images[:300, 0].numpy() * 255).round().astype(np.uint8)
+    real = np.repeat(grey[..., None], 3, axis=-1)          # uint8 [N, 16, 16, 3]
+    labels = d.labels[:300].tolist()
+    m = {name: cls() for name, cls in BUILTIN_METRICS.items()}
+    acc = m["accuracy"].compute(real, labels)
+    assert acc.shape == (300,) and set(np.unique(acc)) <= {0.0, 1.0} and acc.mean() > 0.9
+    wrong = m["accuracy"].compute(real, [(c + 1) % 10 for c in labels])
+    assert wrong.mean() < 0.1
+    assert m["is_toy"].compute(real, labels) > 5          # confident and spread over 10 classes
+    same = np.repeat(real[:1], 20, axis=0)
+    assert m["is_toy"].compute(same, [labels[0]] * 20) == pytest.approx(1.0)
+    noise = np.random.default_rng(0).integers(0, 256, real.shape, dtype=np.uint8)
+    assert m["fd_toy"].compute(real, labels) < m["fd_toy"].compute(noise, labels)
+    assert m["diversity"].compute(same, [labels[0]] * 20) == pytest.approx(0.0, abs=1e-6)
+    assert m["diversity"].compute(real, labels) > 0

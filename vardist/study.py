@@ -367,7 +367,7 @@ class Study:
             stats["candidates_drawn"] += len(batch) * pool.codes.shape[1]
             stats["pool_seconds"] += pool.seconds
             seeds = [it.seed for it in batch]
-            todo: dict[tuple, tuple[int, int]] = {}   # new cache key -> (batch row, image key)
+            todo: dict[tuple, tuple[int, int]] = {}   # new cache key -> (batch row, candidate)
             t0 = time.perf_counter()
             for s in group:
                 codes = pool.codes[:, :s.pool_size]
@@ -399,6 +399,8 @@ class Study:
     def _tables(self, rows: list[dict], images: dict[int, np.ndarray]) -> tuple[pa.Table, pa.Table]:
         ids = {s: f"s{i:03d}" for i, s in enumerate(self.settings)}
         conds = {it.index: it.condition for it in self.items}
+        order = {s: i for i, s in enumerate(self.settings)}
+        rows.sort(key=lambda r: (order[r["_settings"]], r["item"]))  # setting-major, item order
         for r in rows:
             r["setting"] = ids[r.pop("_settings")]
         # Per-image metrics once per distinct image; set metrics per setting.
