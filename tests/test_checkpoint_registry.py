@@ -37,12 +37,33 @@ def test_load_exact_accepts_absent_recomputable_buffers_and_loads_values(tmp_pat
     assert torch.equal(dst.a.weight, src.a.weight)
 
 
-def test_read_state_dict_refuses_arbitrary_pickles(tmp_path):
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.target,))
+
+
+def test_trainer_checkpoint_with_objects_loads_without_running_them(tmp_path):
     import argparse
 
-    torch.save({"x": argparse.Namespace(a=1)}, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointMismatch, match="weights-only"):
-        read_state_dict(tmp_path / "evil.pth")
+    evil = _Evil()
+    evil.target = str(tmp_path / "pwned")
+    sd = Tiny().state_dict()
+    torch.save({"trainer": {"var_wo_ddp": sd}, "args": argparse.Namespace(a=1), "x": evil},
+               tmp_path / "trainer.pth")
+    got = read_state_dict(tmp_path / "trainer.pth", unwrap=("trainer", "var_wo_ddp"))
+    assert not (tmp_path / "pwned").exists()
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+def test_a_file_without_a_state_dict_is_refused(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(CheckpointMismatch, match="does not hold a state dict"):
+        read_state_dict(tmp_path / "list.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatch, match="not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "junk.pth")
 
 
 def test_read_state_dict_unwraps_nested_dicts(tmp_path):
