@@ -12,6 +12,7 @@ import torch
 
 import vardist
 from scalewise_double import CLASSES, DoubleModel, register_doubles
+from vardist.api import plan_search
 from vardist.engine import pipeline
 from vardist.engine.plan import canonical_batches, item_seed, plan_items
 from vardist.io import outputs
@@ -70,7 +71,7 @@ def test_same_seed_same_bytes_and_token_maps_independent_of_batch_size(tmp_path)
 
 def test_local_continuation_equals_teacher_forced_resume():
     m = DoubleModel()
-    job, _ = vardist.api.plan_search(m, **SEARCH)
+    job, _ = plan_search(m, **SEARCH)
     batch = job.batches()[0]
     pool = pipeline.prefix_and_pool(m, batch, job.settings, keep_state=True)
     choices = pipeline.select_batch(pool.codes, pipeline.embedder(m), pool.seeds, job.settings)
@@ -84,7 +85,7 @@ def test_local_continuation_equals_teacher_forced_resume():
 
 def test_pooled_bandwidth_over_one_item_is_the_item_bandwidth():
     m = DoubleModel()
-    job, _ = vardist.api.plan_search(m, **SEARCH, batch_size=1)
+    job, _ = plan_search(m, **SEARCH, batch_size=1)
     pool = pipeline.prefix_and_pool(m, job.batches()[0], job.settings)
     from dataclasses import replace
     item = pipeline.select_batch(pool.codes, pipeline.embedder(m), pool.seeds, job.settings,
@@ -251,7 +252,7 @@ def test_engine_options_need_the_ray_engine():
 def test_draws_are_nested_pools():
     """A bigger pool starts with the smaller one (candidate-major streams)."""
     m = DoubleModel()
-    job, _ = vardist.api.plan_search(m, **SEARCH)
+    job, _ = plan_search(m, **SEARCH)
     small = pipeline.prefix_and_pool(m, job.batches()[0], job.settings).codes
     from dataclasses import replace
     big = pipeline.prefix_and_pool(m, job.batches()[0], replace(job.settings, n=50)).codes
