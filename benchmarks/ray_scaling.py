@@ -8,7 +8,9 @@ Goals (issue 6): Ray 1 actor >= 0.9x local; Ray 2 actors >= 1.7x Ray 1 actor.
 Threads: the local engine and the single actor get all `--cpus` torch threads; with 2 actors
 each gets cpus/2, so every configuration uses the same cores. The Ray instance is started once
 before timing; "steady img/s" counts from the first finished batch to the last (actor start-up
-and model loading excluded, which is what matters for long runs); "wall s" includes them.
+and model loading excluded, which is what matters for long runs); "wall s" includes them. The
+stage columns sum the run log's per-image seconds (pool = prefix + pool draw, finish =
+continuation + decode, as timed inside the process that ran them).
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ class Clock:
         return t_last - self.t0, steady, d_last
 
 
-def one_run(model, args, engine: str, actors: int = 1) -> tuple[float, float, int]:
+def one_run(model, args, engine: str, actors: int = 1) -> tuple[float, float, int, dict]:
+    """(wall s, steady img/s, images, seconds per stage summed over images from the run log)."""
+    import pyarrow.parquet as pq
+
     from vardist.api import plan_search
 
     with tempfile.TemporaryDirectory() as out:
@@ -71,7 +76,9 @@ def one_run(model, args, engine: str, actors: int = 1) -> tuple[float, float, in
         else:
             ray_engine.run(job, model, Recorder(job, config), clock, actors=actors,
                            cpus_per_actor=args.cpus / actors, depth=args.depth)
-        return clock.rates()
+        log = pq.read_table(Path(out) / "runlog.parquet")
+        stages = {c: sum(log[c].to_pylist()) for c in ("t_pool", "t_select", "t_finish", "t_write")}
+        return (*clock.rates(), stages)
 
 
 def main() -> None:
@@ -83,7 +90,7 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=1, help="scale searched")
     p.add_argument("--cpus", type=int, default=2, help="cores given to the generators")
     p.add_argument("--depth", type=int, default=2, help="tasks queued per actor")
-    p.add_argument("--repeats", type=int, default=1, help="best of this many runs each")
+    p.add_argument("--repeats", type=int, default=2, help="best of this many runs each")
     args = p.parse_args()
 
     import ray
@@ -93,24 +100,28 @@ def main() -> None:
     except FileNotFoundError as e:
         sys.exit(f"{args.model}: {e}\n(try --model var-fixture)")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
     one_run(model, argparse.Namespace(**{**vars(args), "images": 20}), "local")  # warm-up
 
-    rows = {}
-    for label, engine, actors in (("local", "local", 1), ("ray, 1 actor", "ray", 1),
-                                  ("ray, 2 actors", "ray", 2)):
-        best = max((one_run(model, args, engine, actors) for _ in range(args.repeats)),
-                   key=lambda r: r[1])
-        rows[label] = best
+    # Configurations interleaved, best of --repeats each: the machine's background load
+    # changes over minutes, and interleaving spreads it evenly over the three.
+    configs = (("local", "local", 1), ("ray, 1 actor", "ray", 1), ("ray, 2 actors", "ray", 2))
+    rows: dict[str, tuple] = {}
+    for _ in range(args.repeats):
+        for label, engine, actors in configs:
+            r = one_run(model, args, engine, actors)
+            if label not in rows or r[1] > rows[label][1]:
+                rows[label] = r
     ray.shutdown()
 
     print(f"model {args.model}, {rows['local'][2]} images, batch {args.batch_size}, n {args.n}, "
           f"{args.cpus} cores, torch {torch.__version__}, ray {ray.__version__}, "
           f"load avg {os.getloadavg()[0]:.1f}")
-    print(f"{'engine':<16}{'wall s':>9}{'steady img/s':>14}")
-    for label, (wall, steady, _) in rows.items():
-        print(f"{label:<16}{wall:>9.2f}{steady:>14.2f}")
+    print(f"{'engine':<16}{'wall s':>9}{'steady img/s':>14}   stage seconds summed over images")
+    for label, (wall, steady, _, st) in rows.items():
+        stages = "  ".join(f"{k[2:]} {v:6.2f}" for k, v in st.items())
+        print(f"{label:<16}{wall:>9.2f}{steady:>14.2f}   {stages}")
     r1 = rows["ray, 1 actor"][1] / rows["local"][1]
     r2 = rows["ray, 2 actors"][1] / rows["ray, 1 actor"][1]
     print(f"ray 1 actor / local     {r1:.2f}x  (goal >= 0.9)")

@@ -333,7 +333,8 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=opts.address, logging_level="WARNING", log_to_driver=False)
+        # "local": always a new instance of our own, never a cluster another process started here
+        ray.init(address=opts.address or "local", logging_level="WARNING", log_to_driver=False)
     src = job.model if model is None else model
     model_arg = src if isinstance(src, str) else ray.put(src)  # put once, shared by all actors
     n, bundle, threads = _actor_shape(ray, opts)
