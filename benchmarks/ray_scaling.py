@@ -66,7 +66,8 @@ def one_run(model, args, engine: str, actors: int = 1) -> tuple[float, float, in
 
     with tempfile.TemporaryDirectory() as out:
         job, config = plan_search(model, classes=list(range(model.num_classes or 10))[:10],
-                                  samples=args.images // 10, n=args.n, scale=args.scale, seed=0, out=out,
+                                  samples=args.images // 10, n=args.n, scale=args.scale,
+                                  seed=0, out=out,
                                   batch_size=args.batch_size, engine=engine,
                                   **({"actors": actors} if engine == "ray" else {}))
         clock = Clock()

@@ -16,7 +16,8 @@ ray_util = pytest.importorskip("ray.autoscaler._private.util")
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 LAUNCHER = sorted(CLUSTER.glob("*.yaml"))
-KUBERAY = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((CLUSTER / "kuberay").glob("*.yaml"))}
+KUBERAY = {p.stem: yaml.safe_load(p.read_text())
+           for p in sorted((CLUSTER / "kuberay").glob("*.yaml"))}
 
 # GPUs per machine type named in the YAMLs (AWS / GCP catalogues). Ray does not check these.
 AWS_GPUS = {"g5.xlarge": 1, "g5.2xlarge": 1, "g6e.xlarge": 1, "p4d.24xlarge": 8, "p5.48xlarge": 8}

@@ -145,7 +145,8 @@ def test_actor_shape_one_per_gpu_else_cpu_slots():
             self.cluster_resources = lambda: res
 
     shape = ray_engine._actor_shape
-    assert shape(FakeRay({"CPU": 96, "GPU": 8}), RayOptions()) == (8, {"GPU": 1.0, "CPU": 1.0}, None)
+    assert shape(FakeRay({"CPU": 96, "GPU": 8}), RayOptions()) == (
+        8, {"GPU": 1.0, "CPU": 1.0}, None)
     assert shape(FakeRay({"CPU": 96, "GPU": 8}), RayOptions(actors=3))[0] == 3
     assert shape(FakeRay({"CPU": 2}), RayOptions()) == (1, {"CPU": 1.0}, 1)
     assert shape(FakeRay({"CPU": 4}), RayOptions(actors=2, cpus_per_actor=2)) == (

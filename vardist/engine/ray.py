@@ -1,22 +1,25 @@
 """The Ray engine: generator actors (one model replica per GPU, or per CPU slot) draw pools and
-finish images; the driver plans, selects and writes.
+finish images; a selection stage picks the candidates; the driver plans, dispatches and writes.
 
-    driver                                   actors (any actor can take any task)
+    driver                                   actors (any actor can take any call)
     canonical batches --pool(batch)------->  prefix r_0..r_{k-1} + n candidates r_k
-    select per item  <---compact codes-----  (numpy through the object store)
-                     --finish(batch, maps)->  teacher-forced re-entry (model.resume), the
-    write images     <---uint8 images------  remaining scales, decode
+                      <--compact codes-----  (numpy through the object store)
+    selection (a 1-CPU Ray task reading the pool where it lies, or the driver itself)
+                      --finish(batch, maps)> teacher-forced re-entry (model.resume), the
+    write images      <--uint8 images------  remaining scales, decode
 
 Why this shape: the prefix is under 1% of an image, so a continuation rebuilds its state from
-the token maps instead of pinning a KV cache to the actor that drew the pool. Tasks are then
-pure functions of (batch, maps): any actor can run them, a task lost with its actor is simply
-submitted again, and the images do not depend on the number of actors or on which one ran what.
-Batches are the plan's canonical batches, so every image is computed in the same company.
+the token maps instead of pinning a KV cache to the actor that drew the pool. Calls are then
+pure functions of (batch, maps): any actor can run them, a call lost with its actor is simply
+submitted again (to a replacement actor), and the images do not depend on the number of actors
+or on which one ran what. Batches are the plan's canonical batches, so every image is computed
+in the same company; the shared stage functions of `vardist.engine.pipeline` do the work and
+`vardist.engine.results.Recorder` writes, exactly as in the local engine.
 
-Flow control: each actor has at most `depth` tasks queued (so it never idles while the driver
-selects), finishing work goes before new pools (so finished images leave the driver quickly), and
-the driver holds only the pools and images of in-flight batches: memory is bounded by
-actors x depth batches whatever the run's size.
+Flow control: each actor has at most `depth` calls queued (so it never idles while a batch is
+being selected), finishing goes before new pools (finished images leave memory first), and at
+most actors x (depth + 1) batches are open at once, so the object store and the driver hold a
+bounded amount whatever the run's size. PNGs are encoded and written on a helper thread.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class RayOptions:
     """How the run is spread. actors None: one per GPU, or one CPU actor where there are none."""
@@ -39,7 +43,7 @@ class RayOptions:
     actors: int | None = None
     cpus_per_actor: float = 1.0  # CPU actors only; also the actor's torch thread count
     depth: int = 2               # tasks queued per actor
-    max_replacements: int | None = None  # actors replaced before the run gives up (None: 2 x actors)
+    max_replacements: int | None = None  # replacements before giving up (None: 2 x actors)
     placement_timeout_s: float = 600.0   # wait this long for the cluster to fit every actor
     select_on: str = "auto"  # "driver", "tasks" (1-CPU Ray tasks), auto: tasks on GPU clusters
 
@@ -168,6 +172,7 @@ class Generator:
         self.code_ndim = len(model.code_shape)
 
     def pool(self, items: list, settings: Any) -> PoolMsg:
+        """Prefix + pool of a batch, compact, with the embeddings of its distinct codes."""
         from vardist.engine import pipeline
 
         pool = pipeline.prefix_and_pool(self.model, items, settings)
@@ -176,16 +181,14 @@ class Generator:
                        pool.seconds)
 
     def finish(self, items: list, settings: Any, prefix: list[Packed], chosen: Packed
-               ) -> tuple[np.ndarray, list[np.ndarray], float]:
+               ) -> tuple[np.ndarray, list[Packed], float]:
+        """uint8 images [B, H, W, 3], the token maps of every scale, seconds."""
         from vardist.engine import pipeline
 
         t0 = time.perf_counter()
         images, maps = pipeline.continue_batch(self.model, items, settings,
                                                [p.unpack() for p in prefix], chosen.unpack())
         return images, [Packed.pack(m) for m in maps], time.perf_counter() - t0
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 # --- the selection stage ------------------------------------------------------------------
@@ -309,8 +312,8 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
         if key not in known:
             from vardist.io.conditions import InputError
 
-            raise InputError(f"unknown Ray engine option {key!r}; known: {', '.join(sorted(known))}",
-                             param=key)
+            raise InputError(f"unknown Ray engine option {key!r}; known: "
+                             f"{', '.join(sorted(known))}", param=key)
     opts = replace(options or RayOptions(), **{k: v for k, v in overrides.items() if v is not None})
     opts.check()
     recorder = recorder or Recorder(job, {})
