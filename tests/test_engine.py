@@ -259,3 +259,14 @@ def test_draws_are_nested_pools():
     assert np.array_equal(big[:, :24], small)
     assert torch.equal(m.embed(torch.from_numpy(small))[0, 0, 0],
                        m.codebook[small[0, 0, 0]].float())
+
+
+def test_progress_reports_images_done_including_earlier_ones(tmp_path):
+    m = DoubleModel()
+    seen = []
+    vardist.search(m, **SEARCH, batch_size=4, out=tmp_path, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(0, 15), (4, 15), (8, 15), (12, 15), (15, 15)]
+    seen.clear()
+    (tmp_path / "images/class_0004/0002.png").unlink()
+    vardist.search(m, **SEARCH, batch_size=4, out=tmp_path, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(14, 15), (15, 15)]
