@@ -93,8 +93,8 @@ def test_bits_take_the_split_plan_and_tokens_do_not(monkeypatch):
     monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)
     bits = kde._position(bit_pool(2000, 1, seed=2), 0, "l2")
     toks = kde._position(token_pool(2000, 1, seed=2), 0, "l2")
-    assert kde._split_plan(bits, len(kde._unique_rows(bits)[0])) is not None
-    assert kde._split_plan(toks, len(kde._unique_rows(toks)[0])) is None
+    assert kde._split_plan(*kde._unique_rows(bits)[::2]) is not None
+    assert kde._split_plan(*kde._unique_rows(toks)[::2]) is None
 
 
 def test_split_plan_equals_dense_on_wide_bandwidth(monkeypatch):
@@ -102,11 +102,11 @@ def test_split_plan_equals_dense_on_wide_bandwidth(monkeypatch):
     monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)
     x = kde._position(bit_pool(800, 1, seed=4), 0, "l2")
     u, inv, counts = kde._unique_rows(x)
-    plan = kde._split_plan(x, len(u))
+    plan = kde._split_plan(u, counts)
     assert plan is not None
     for h in (0.2, 1.5, 6.0):
-        np.testing.assert_allclose(kde._split_sums(h, *plan[1:]),
-                                   kde._kernel_sums(u, u, counts, h)[inv], rtol=1e-10)
+        np.testing.assert_allclose(kde._split_sums(counts, h, *plan[1:]),
+                                   kde._kernel_sums(u, u, counts, h), rtol=1e-10)
 
 
 def test_far_apart_data_uses_the_overflow_safe_kernel():

@@ -34,7 +34,8 @@ METHODS = ("auto", "exact", "grouped", "faiss")
 METRICS = ("l2", "cosine")
 
 BANDWIDTH_FLOOR = 1e-6      # added to h, as the authors do (keeps h > 0 for identical candidates)
-AUTO_COST_MAX = 8192**2 * 32  # auto: an exact position costing more flops than this -> faiss
+AUTO_COST_MAX = 8192**2 * 32  # auto: a dense exact position costing more than this -> faiss IVF
+AUTO_SPLIT_COST_MAX = 1e11  # auto: split-plan GEMM flops allowed (~3 s on one core) before that
 IVF_MIN = 50_000            # faiss: flat index below this many distinct vectors, IVF above
 _BLOCK = 1 << 22            # elements of one distance block (32 MiB of float64)
 
@@ -130,9 +131,9 @@ def _position_sums(xi: np.ndarray, h: float | None, method: str, k: int, nprobe:
         h = _silverman(u, counts)
     if method == "faiss":
         return _faiss_sums(u, counts, h, k, nprobe, ivf=len(u) >= IVF_MIN)[inv]
-    split = _split_plan(xi, len(u))
-    if split is not None and (method == "grouped" or split[0] <= AUTO_COST_MAX):
-        return _split_sums(h, *split[1:])
+    split = _split_plan(u, counts)
+    if split is not None and (method == "grouped" or split[0] <= AUTO_SPLIT_COST_MAX):
+        return _split_sums(counts, h, *split[1:])[inv]
     if method == "grouped" or len(u) ** 2 * xi.shape[1] <= AUTO_COST_MAX:
         # n terms below DROP_REL / n each add up to < DROP_REL of a score (>= 1, its self term)
         return _kernel_sums(u, u, counts, h, skip_below=DROP_REL / len(xi))[inv]
@@ -215,30 +216,44 @@ def _kernel_matrix(u: np.ndarray, h: float) -> np.ndarray:
     return out
 
 
-def _split_plan(xi: np.ndarray, n_unique: int):
+def _split_plan(u: np.ndarray, counts: np.ndarray):
     """(cost, half-groupings) of the split evaluation, or None when it cannot beat dense U^2.
 
     The Gaussian kernel factorises over any partition of the dims: K(x, y) = K(x_A, y_A) K(x_B, y_B).
-    With H and L distinct half-vectors and W[a, b] = #candidates whose halves are (a, b), every
-    score is an entry of K_A W K_B: O(H^2 L + H L^2) instead of O(U^2 d). Bits make this pay off
-    (H, L ~ sqrt(U)); codebook vectors do not (H = L = U), so the plan is priced before use."""
-    n, d = xi.shape
+    Give each distinct row j its halves (a_j, b_j) among H and L distinct half-vectors, and let
+    W[a, b] be the count of the row with halves (a, b); then score_j = (K_A W K_B)[a_j, b_j]:
+    O(H L (H + L) + (H^2 + L^2) d) GEMM flops instead of O(U^2 d) with an exp per pair. Bits make
+    this pay off (H, L ~ sqrt(U)); codebook vectors do not (H = L = U), so it is priced first."""
+    n_unique, d = u.shape
     if d < 2 or n_unique < SPLIT_MIN_UNIQUE:
         return None
-    order = np.argsort(-xi.var(axis=0), kind="stable")  # alternate by variance: balanced halves
-    halves = [_unique_rows(np.ascontiguousarray(xi[:, np.sort(order[j::2])])) for j in (0, 1)]
+    var = counts @ (u - counts @ u / counts.sum()) ** 2
+    order = np.argsort(-var, kind="stable")  # alternate dims by variance: balanced halves
+    halves = [_unique_rows(np.ascontiguousarray(u[:, np.sort(order[j::2])])) for j in (0, 1)]
     H, L = len(halves[0][0]), len(halves[1][0])
-    cost = H * L * (H + L) + (H * H + L * L) * d
-    if cost >= n_unique**2 * d or H * L > 4 * _BLOCK:
+    # the last product is a GEMM (H^2 L) or, when that is larger, U row-dots of length H
+    cost = H * L * L + min(H * H * L, 32 * n_unique * H) + (H * H + L * L) * d
+    if cost >= n_unique**2 * d or max(H, L) ** 2 > 4 * _BLOCK or H * L > 4 * _BLOCK:
         return None
     return cost, halves[0], halves[1]
 
 
-def _split_sums(h: float, half_a, half_b) -> np.ndarray:
+def _split_sums(counts: np.ndarray, h: float, half_a, half_b) -> np.ndarray:
+    """Kernel sums of the distinct rows by the split plan (see _split_plan)."""
     (ua, ia, _), (ub, ib, _) = half_a, half_b
-    w = np.bincount(ia * len(ub) + ib, minlength=len(ua) * len(ub)).reshape(len(ua), len(ub))
-    m = _kernel_matrix(ua, h) @ w.astype(np.float64) @ _kernel_matrix(ub, h)
-    return m[ia, ib]
+    H, L = len(ua), len(ub)
+    w = np.zeros(H * L)
+    w[ia * L + ib] = counts  # distinct rows have distinct (a, b)
+    t = w.reshape(H, L) @ _kernel_matrix(ub, h)
+    ka = _kernel_matrix(ua, h)
+    if H * H * L <= 32 * len(ia) * H:
+        return (ka @ t)[ia, ib]
+    tt, out = np.ascontiguousarray(t.T), np.empty(len(ia))
+    step = max(1, _BLOCK // H)
+    for s in range(0, len(ia), step):
+        rows = slice(s, s + step)
+        out[rows] = np.einsum("ij,ij->i", ka[ia[rows]], tt[ib[rows]])
+    return out
 
 
 def _unique_rows(xi: np.ndarray):
