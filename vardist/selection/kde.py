@@ -9,17 +9,20 @@ codebook vectors, Infinity: 0/1 bits). Each position i is estimated on its own a
 Unnormalised, not in log space, self term = 1: exactly the authors' numbers (their code pools the
 std mean over the batch of items too: `pooled_bandwidth`). Methods, per position:
 - exact:   all n x n pairs, blocked so memory stays bounded for any n.
-- grouped: the same sums over the U distinct vectors of the position with their counts, exact.
-           Dense O(U^2 d): VAR tokens give U <= #codebook rows whatever n is. Or split: the
-           Gaussian kernel factorises over two halves of the dims, so the scores are entries of
-           K_A W K_B over the H and L distinct half-vectors (W: joint counts), O(HL(H+L)); bits
-           give H, L ~ sqrt(U). The cheaper plan is picked per position.
+- grouped: the same sums over the U distinct vectors of the position with their counts.
+           Dense: O(U^2 d), float64 exp only on terms that can matter (the skipped ones are
+           certified to add up to < 1e-9 of a score); VAR tokens give U <= #codebook rows
+           whatever n is. Split: the Gaussian kernel factorises over two halves of the dims, so
+           the scores are entries of K_A W K_B over the H and L distinct half-vectors (W: the
+           counts), all GEMMs, exact; bits give H, L ~ sqrt(U). The cheaper plan is priced and
+           picked per position.
 - faiss:   per distinct vector, its k nearest distinct vectors from a FAISS index (flat; IVF for
            many distinct vectors; on the GPU when faiss has GPUs), kernel weighted by counts and
            computed from exact float64 distances. A lower bound: the dropped tail is at most
            (n - found) * exp(-D_k / (2 h^2)), zero once k covers the non-negligible neighbours.
-- auto:    grouped (exact) unless a position's exact plan would cost more than AUTO_COST_MAX
-           flops (many distinct continuous vectors): then faiss for that position.
+- auto:    grouped, unless a position's split plan costs more than AUTO_SPLIT_COST_MAX GEMM flops
+           and its dense plan more than AUTO_COST_MAX (many distinct continuous vectors): then
+           faiss with an IVF index for that position (approximate).
 metric="cosine" L2-normalises every per-position vector first (zero vectors stay zero), so
 ||a - b||^2 = 2 - 2 cos(a, b); the bandwidth is then computed on the normalised vectors.
 """
