@@ -28,12 +28,12 @@ def loop_density(x, h=None):
     return np.array(out)
 
 
-def authors_torch(x):
-    """The authors' code path: float32 torch.cdist per position, Silverman h pooled over B=1."""
+def authors_torch(x, dtype=np.float32):
+    """The authors' code path: torch.cdist per position (float32 in their code), Silverman h."""
     torch = pytest.importorskip("torch")
-    xt = torch.from_numpy(np.asarray(x, np.float32)).permute(1, 0, 2)
+    xt = torch.from_numpy(np.asarray(x, dtype)).permute(1, 0, 2)
     n, d = x.shape[0], x.shape[2]
-    total = torch.zeros(n)
+    total = torch.zeros(n, dtype=xt.dtype)
     for xi in xt:
         xi = xi[None]
         d2 = torch.cdist(xi, xi, p=2) ** 2
@@ -64,9 +64,11 @@ def test_bandwidth_override_matches_the_loop():
                                rtol=1e-10)
 
 
-def test_exact_matches_the_authors_float32_code_path():
+def test_exact_matches_the_authors_code_path():
     x = token_pool(300, 4, seed=3)
+    # their float32 cdist rounds ||a||^2 + ||b||^2 - 2ab; run in float64 the numbers are ours
     np.testing.assert_allclose(kde_density(x, "exact"), authors_torch(x), rtol=2e-5)
+    np.testing.assert_allclose(kde_density(x, "grouped"), authors_torch(x, np.float64), rtol=1e-9)
 
 
 def test_exact_is_blocked_without_changing_numbers(monkeypatch):
