@@ -72,6 +72,6 @@ register(ModelSpec(
                 "the package; classes 0-9)",
     # cfg / top-k / top-p: plain sampling with these reaches the quality bar (docs/zoo.md)
     defaults=SearchDefaults(scale=1, n=100, strategy="var-scaling", alpha=2.3, rep=10,
-                            cfg=2.0, top_k=0, top_p=0.0),
+                            cfg=1.0, top_k=64, top_p=0.96),
     files=(), source="trained by `python -m vardist.zoo.train`",
     num_scales=4, condition_kind="class", num_classes=10, builder=build))

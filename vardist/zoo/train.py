@@ -35,7 +35,7 @@ from vardist.zoo.specs import CONFIG_FILE, JUDGE_FILE, VAE_FILE, VAR_FILE
 TOY_VQVAE = VQVAEConfig(vocab_size=256, z_channels=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                         using_sa=False, using_mid_sa=False, share_quant_resi=4,
                         patch_nums=(1, 2, 3, 4))
-TOY_VAR = VARConfig(depth=4, embed_dim=128, num_heads=2, vocab_size=256, Cvae=32,
+TOY_VAR = VARConfig(depth=3, embed_dim=96, num_heads=2, vocab_size=256, Cvae=32,
                     num_classes=NUM_CLASSES, patch_nums=(1, 2, 3, 4))
 
 
@@ -52,7 +52,7 @@ class TrainConfig:
     dead_code_every: int = 50       # restart codes unused for this many steps
     var_steps: int = 1200
     var_batch: int = 64
-    var_lr: float = 1e-3
+    var_lr: float = 1.5e-3
     var_wd: float = 0.05
     cond_drop: float = 0.1          # labels replaced by the null class, so CFG has an unconditional model
     var_augment_copies: int = 8     # augmented copies of the train set, tokenised once
