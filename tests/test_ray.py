@@ -74,13 +74,21 @@ def reference(ray_instance, tmp_path_factory):
 
 def test_one_and_two_actors_write_identical_bytes(reference, tmp_path):
     ref_out, ref = reference
+    seen = []
+
+    def look(done, total):  # while the actors live: each holds its own (fake) GPU
+        if done and not seen:
+            names = [a for a in ray.util.list_named_actors() if a.startswith("vardist-")]
+            seen.extend(ray.get([ray.get_actor(a).info.remote() for a in names]))
+
     # Through the public API this time: vardist.search(..., engine="ray", actors=2).
     s = SETTINGS
     res = vardist.search(ToyScaleModel(), classes="0-2", samples=6, seed=7, batch_size=2,
                          out=tmp_path, engine="ray", actors=2, scale=s.scale, n=s.n,
                          strategy=s.strategy, alpha=s.alpha, rep=s.rep,
                          conflict_thresh=s.conflict_thresh, k=s.k, cfg=s.cfg, top_k=s.top_k,
-                         top_p=s.top_p, tau=s.tau)
+                         top_p=s.top_p, tau=s.tau, progress=look)
+    assert sorted(g for i in seen for g in i["gpu_ids"]) == [0, 1]
     assert res.stats["actors"] == 2
     want = png_bytes(ref_out)
     assert len(want) == 18 and png_bytes(tmp_path) == want

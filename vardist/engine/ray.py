@@ -190,6 +190,14 @@ class Generator:
                                                [p.unpack() for p in prefix], chosen.unpack())
         return images, [Packed.pack(m) for m in maps], time.perf_counter() - t0
 
+    def info(self) -> dict[str, Any]:
+        """Where this replica runs: process, GPUs Ray gave it, torch threads."""
+        import ray
+        import torch
+
+        return {"pid": os.getpid(), "gpu_ids": ray.get_gpu_ids(),
+                "threads": torch.get_num_threads()}
+
 
 # --- the selection stage ------------------------------------------------------------------
 
@@ -234,6 +242,7 @@ class _ActorSet:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.ray, self.cls, self.init, self.budget = ray, cls, init, budget
+        self.bundle = bundle
         self.tag = uuid.uuid4().hex[:8]  # actor names: vardist-<run tag>-<slot>.<generation>
         self.generation = [0] * n
         self.pg = placement_group([dict(bundle)] * n, strategy="PACK")
@@ -254,8 +263,12 @@ class _ActorSet:
     def _spawn(self, i: int) -> Any:
         # No Ray-side restarts: whether the process crashed or was killed, the driver sees
         # RayActorError for every call the actor held, replaces it and resubmits those calls.
+        # The actor claims its whole bundle: Ray then sets CUDA_VISIBLE_DEVICES to its GPU and
+        # OMP_NUM_THREADS to its CPUs (an actor that names no resources runs on 0 CPUs, where
+        # extra torch threads only fight each other).
         return self.cls.options(
             name=f"vardist-{self.tag}-{i}.{self.generation[i]}",
+            num_cpus=self.bundle.get("CPU", 0), num_gpus=self.bundle.get("GPU", 0),
             scheduling_strategy=self._strategy(i), max_restarts=0).remote(*self.init)
 
     def replace(self, slot: int, dead: Any, error: BaseException) -> None:
