@@ -23,7 +23,7 @@ METRICS = ["accuracy", "is_toy", "fd_toy", "diversity"]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/toy_study")
-    p.add_argument("--samples", type=int, default=10, help="images per class")
+    p.add_argument("--samples", type=int, default=8, help="images per class")
     p.add_argument("--ns", default="10,30,100,300,1000")
     p.add_argument("--alphas", default="1.5,2.3,3.0", help="var-scaling's alpha values")
     p.add_argument("--k", type=int, default=10, help="shortlist of top-k / random-k / small-k")

@@ -132,6 +132,22 @@ def test_metrics_parquet_and_plots(tmp_path):
     assert dest.read_bytes() == (tmp_path / "out" / r["image"]).read_bytes()
 
 
+def test_prompt_study_writes_geneval_layouts(tmp_path):
+    import json
+
+    prompts = ["a red cat", "two dogs"]
+    study = Study(DoubleModel("prompt"), prompts, seeds=2,
+                  sweep={"n": [3, 6], "strategy": ["top-k"]}, batch_size=2)
+    res = study.run(tmp_path, layouts=True, plots=False)
+    assert study.condition_kind == "prompt" and res.rows.num_rows == 2 * 4
+    for sid in res.summary["setting"].to_pylist():
+        for i, p in enumerate(prompts):
+            folder = tmp_path / "settings" / sid / f"{i:05d}"
+            assert json.loads((folder / "metadata.jsonl").read_text()) == {"prompt": p}
+            assert sorted(f.name for f in (folder / "samples").iterdir()) == ["0000.png",
+                                                                                "0001.png"]
+
+
 @pytest.mark.parametrize("kwargs, param", [
     (dict(sweep={"nn": [3]}), "sweep"),
     (dict(sweep={"n": 3}), "sweep"),

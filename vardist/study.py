@@ -581,8 +581,9 @@ class _LocalRunner:
 
 class _RayRunner:
     """The Ray engine's generator actors (vardist.engine.ray.Generator): every pool is drawn
-    on the actors at once, selection runs on the driver, continuations go back to the actors.
-    A lost actor fails the study (search()'s replacement logic is not wired in here)."""
+    on the actors at once, selection runs on the driver (select_on is not used), continuations
+    go back to the actors. A lost actor fails the study (search()'s actor replacement is not
+    wired in here: rerun it)."""
 
     def __init__(self, study: Study) -> None:
         import ray
@@ -594,7 +595,9 @@ class _RayRunner:
         self.ray, self.started = ray, not ray.is_initialized()
         if self.started:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address=opts.address, logging_level="WARNING", log_to_driver=False)
+            # as search(): None starts an instance of our own, never joins one found here
+            ray.init(address=opts.address or "local", logging_level="WARNING",
+                     log_to_driver=False)
         model = study.model if isinstance(study.model, str) else ray.put(study.model)
         n, bundle, threads = ray_engine._actor_shape(ray, opts)
         self.actors = ray_engine._ActorSet(ray, ray.remote(ray_engine.Generator),
