@@ -101,3 +101,22 @@ def test_every_api_option_has_a_cli_option_with_help():
     cli = {p.name: p for p in cmd.params}
     assert api <= set(cli), api - set(cli)
     assert all(cli[name].help for name in api)
+
+
+def test_toy_digits_end_to_end(tmp_path):
+    """The README's main job on the shipped model: search, layout, log, resume, pack."""
+    out = tmp_path / "digits"
+    args = ["search", "--model", "toy-digits", "--classes", "0-9", "--per-class", "2",
+            "--n", "100", "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "20 images written" in r.output
+    rows = pq.read_table(out / "runlog.parquet").to_pylist()
+    assert len(rows) == 20 and {r["n"] for r in rows} == {100}
+    assert all(r["branch"] in ("high", "low") and 0 <= r["chosen"] < 100 for r in rows)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "0 images written, 20 already there" in r.output
+    assert runner.invoke(app, ["pack", str(out)]).exit_code == 0
+    arr = np.load(tmp_path / "digits.npz")["arr_0"]
+    assert arr.shape[0] == 20 and arr.shape[3] == 3 and arr.dtype == np.uint8
+    assert len({a.tobytes() for a in arr}) == 20  # twenty different pictures
