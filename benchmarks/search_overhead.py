@@ -42,7 +42,9 @@ def build(name: str):
 
         torch.manual_seed(0)
         return VARGenerator(VQVAE(VQVAEConfig()), VARTransformer(VARConfig.for_depth(16)))
-    return vardist.models.load(name)
+    from vardist.models import load
+
+    return load(name)
 
 
 def timed_search(model, images: int, batch_size: int, strategy: str, n: int, seed: int = 0,

@@ -270,3 +270,20 @@ def test_progress_reports_images_done_including_earlier_ones(tmp_path):
     (tmp_path / "images/class_0004/0002.png").unlink()
     vardist.search(m, **SEARCH, batch_size=4, out=tmp_path, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(14, 15), (15, 15)]
+
+
+def test_models_loaded_by_name_carry_their_registry_defaults(monkeypatch):
+    from vardist.models import registry
+
+    def build(spec, files, device):
+        m = DoubleModel()
+        m.search_defaults = None  # a family that sets none
+        return m
+    spec = registry.ModelSpec("test-bare", "double", "", registry.SearchDefaults(scale=2, n=7),
+                              builder=build)
+    registry.specs()
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    m = registry.load("test-bare")
+    assert m.search_defaults == spec.defaults
+    res = vardist.search(m, classes="0", samples=1)
+    assert res[0].chosen < 7

@@ -147,7 +147,10 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | None = 
     if files is None:
         raise missing_weights_error(spec, weights_dir)
     dev = device or ("cuda" if _cuda_available() else "cpu")
-    return spec.builder(spec, files, dev)
+    model = spec.builder(spec, files, dev)
+    if getattr(model, "search_defaults", None) is None:  # vardist.search(model) uses them
+        model.search_defaults = spec.defaults
+    return model
 
 
 def _cuda_available() -> bool:
