@@ -206,6 +206,7 @@ def test_bad_options_are_refused():
     from vardist.io.conditions import InputError
 
     for kw, word in (({"actors": 0}, "actors"), ({"depth": 0}, "depth"),
-                     ({"address": "nonsense"}, "address"), ({"cpus_per_actor": 0}, "cpus")):
+                     ({"address": "nonsense"}, "address"), ({"cpus_per_actor": 0}, "cpus"),
+                     ({"threads": 0}, "threads"), ({"select_on": "gpu"}, "select_on")):
         with pytest.raises(InputError, match=word):
             RayOptions(**kw).check()
