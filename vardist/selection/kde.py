@@ -48,8 +48,8 @@ def silverman_factor(n: int, d: int) -> float:
     return (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
 
 
-def kde_density(x, method: str = "auto", bandwidth=None, metric: str = "l2", *,
-                k_neighbors: int = 128, nprobe: int = 16) -> np.ndarray:
+def kde_density(x: np.ndarray, method: str = "auto", bandwidth: float | np.ndarray | None = None,
+                metric: str = "l2", *, k_neighbors: int = 128, nprobe: int = 16) -> np.ndarray:
     """Authors' KDE density of every candidate, float64 [n].
 
     x: float array [n, P, d]. bandwidth: None (per-position Silverman h, the authors' rule), a
@@ -97,7 +97,7 @@ def pooled_bandwidth(xs: np.ndarray | Sequence[np.ndarray], metric: str = "l2") 
     return silverman_factor(n, d) * sig.mean(axis=0) + BANDWIDTH_FLOOR
 
 
-def log_kde_density(x, bandwidth: float | None = None) -> np.ndarray:
+def log_kde_density(x: np.ndarray, bandwidth: float | None = None) -> np.ndarray:
     """Paper eq. 2 on whole maps, in log space: log f(x_j), float64 [n].
 
     Every candidate is one vector of D = P*d dims (x [n, D] or [n, P, d]); isotropic Gaussian

@@ -31,8 +31,8 @@ class Selection:
     probs: np.ndarray           # pick probability of each shortlist entry
 
 
-def select(density, x=None, strategy: str = "var-scaling", *, alpha: float = 2.3, rep: int = 10,
-           conflict_thresh: float = 1.8, k: int = 100,
+def select(density: np.ndarray, x: np.ndarray | None = None, strategy: str = "var-scaling", *,
+           alpha: float = 2.3, rep: int = 10, conflict_thresh: float = 1.8, k: int = 100,
            rng: np.random.Generator | None = None) -> Selection:
     """Choose one candidate of a pool. density: [n] (from `kde_density`); x: the pool's
     embeddings [n, ...] (needed by var-scaling's conflict filter); rng: numpy Generator, so the
