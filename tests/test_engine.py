@@ -287,3 +287,14 @@ def test_models_loaded_by_name_carry_their_registry_defaults(monkeypatch):
     assert m.search_defaults == spec.defaults
     res = vardist.search(m, classes="0", samples=1)
     assert res[0].chosen < 7
+
+
+def test_toy_digits_choices_and_token_maps_do_not_depend_on_batch_size():
+    from vardist.models import load
+
+    m = load("toy-digits", device="cpu")
+    runs = [vardist.search(m, classes="0-4", samples=2, n=60, batch_size=bs) for bs in (3, 10)]
+    for a, b in zip(*runs):
+        assert a.chosen == b.chosen and a.item == b.item
+        assert all(np.array_equal(x, y) for x, y in zip(a.maps, b.maps))
+    assert len({r.chosen for r in runs[0]}) > 1
