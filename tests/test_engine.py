@@ -293,7 +293,7 @@ def test_toy_digits_choices_and_token_maps_do_not_depend_on_batch_size():
     from vardist.models import load
 
     m = load("toy-digits", device="cpu")
-    runs = [vardist.search(m, classes="0-4", samples=2, n=60, batch_size=bs) for bs in (3, 10)]
+    runs = [vardist.search(m, classes="0-2", samples=2, n=60, batch_size=bs) for bs in (4, 6)]
     for a, b in zip(*runs):
         assert a.chosen == b.chosen and a.item == b.item
         assert all(np.array_equal(x, y) for x, y in zip(a.maps, b.maps))
