@@ -157,7 +157,7 @@ def test_actor_shape_one_per_gpu_else_cpu_slots():
         8, {"GPU": 1.0, "CPU": 1.0}, None)
     assert shape(FakeRay({"CPU": 96, "GPU": 8}), RayOptions(actors=3))[0] == 3
     assert shape(FakeRay({"CPU": 2}), RayOptions()) == (1, {"CPU": 1.0}, 1)
-    assert shape(FakeRay({"CPU": 4}), RayOptions(actors=2, cpus_per_actor=2)) == (
+    assert shape(FakeRay({"CPU": 4}), RayOptions(actors=2, cpus_per_actor=2, threads=2)) == (
         2, {"CPU": 2.0}, 2)
 
 
@@ -210,3 +210,27 @@ def test_bad_options_are_refused():
                      ({"threads": 0}, "threads"), ({"select_on": "gpu"}, "select_on")):
         with pytest.raises(InputError, match=word):
             RayOptions(**kw).check()
+
+
+def test_cli_search_on_ray_loads_the_model_in_each_actor(ray_instance, tmp_path):
+    """`vardist search --engine ray` with a registry model: the actors load toy-digits by name
+    (nothing heavy passes through the driver); the local engine makes the same choices."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from vardist.io.outputs import read_png
+    from vardist_cli.main import app
+
+    args = ["search", "--model", "toy-digits", "--classes", "3-4", "--per-class", "2",
+            "--n", "30", "--batch-size", "2", "--quiet"]
+    runner = CliRunner()
+    r = runner.invoke(app, [*args, "--engine", "ray", "--actors", "2", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "4 images written" in r.output
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "l")])
+    assert r.exit_code == 0, r.output
+    logs = [pq.read_table(tmp_path / d / "runlog.parquet") for d in ("r", "l")]
+    assert logs[0]["chosen"].to_pylist() == logs[1]["chosen"].to_pylist()
+    for p in logs[1]["path"].to_pylist():  # kept state vs teacher-forced re-entry: same pixels
+        a, b = (read_png(tmp_path / d / p).astype(int) for d in ("r", "l"))
+        assert np.abs(a - b).max() <= 1

@@ -42,7 +42,9 @@ class RayOptions:
     address: str | None = None   # None: a local Ray instance; "auto"; "ray://HOST:PORT"
     actors: int | None = None
     cpus_per_actor: float = 1.0  # CPU actors only
-    threads: int | None = None   # torch threads per CPU actor (None: cpus_per_actor, at least 1)
+    # torch threads per CPU actor. 1 by default: more actors beat more threads per actor, and
+    # on a shared 2-core box 2 threads in one actor ran 10x slower (benchmarks/ray_scaling.py).
+    threads: int = 1
     depth: int = 2               # tasks queued per actor
     max_replacements: int | None = None  # replacements before giving up (None: 2 x actors)
     placement_timeout_s: float = 600.0   # wait this long for the cluster to fit every actor
@@ -56,7 +58,7 @@ class RayOptions:
         if self.cpus_per_actor <= 0:
             raise InputError(f"cpus_per_actor must be > 0, got {self.cpus_per_actor}",
                              param="cpus_per_actor")
-        if self.threads is not None and self.threads < 1:
+        if self.threads < 1:
             raise InputError(f"threads must be >= 1, got {self.threads}", param="threads")
         if self.select_on not in ("auto", "driver", "tasks"):
             raise InputError(f"select_on must be auto, driver or tasks, got {self.select_on!r}",
@@ -304,7 +306,7 @@ def _actor_shape(ray: Any, opts: RayOptions) -> tuple[int, dict[str, float], int
     if gpus:
         return opts.actors or gpus, {"GPU": 1.0, "CPU": 1.0}, None
     return (opts.actors or 1, {"CPU": float(opts.cpus_per_actor)},
-            opts.threads or max(1, int(opts.cpus_per_actor)))
+            opts.threads)
 
 
 def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None, *,
