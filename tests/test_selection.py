@@ -174,3 +174,26 @@ def test_bad_input_is_refused(args, kwargs, match):
     kwargs.setdefault("rng", np.random.default_rng(0))
     with pytest.raises(ValueError, match=match):
         select(*args, **kwargs)
+
+
+def test_blocked_conflict_filter_equals_the_one_at_a_time_loop():
+    """The vectorised filter must accept exactly what the plain greedy loop accepts."""
+    from vardist.selection.strategies import _diverse
+
+    def plain(flat, order, rep, thresh):
+        chosen = []
+        for j in order:
+            if all(np.sqrt(((flat[c] - flat[j]) ** 2).sum()) >= thresh for c in chosen):
+                chosen.append(int(j))
+                if len(chosen) == rep:
+                    break
+        return chosen
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        n, D = int(rng.integers(1, 600)), int(rng.integers(1, 12))
+        base = rng.normal(size=(int(rng.integers(1, 15)), D))
+        flat = base[rng.integers(0, len(base), n)] + rng.normal(size=(n, D)) * rng.choice([0, 0.3])
+        order, rep, thresh = rng.permutation(n), int(rng.integers(1, 40)), float(rng.uniform(0, 2))
+        assert _diverse(flat, order, rep, thresh, block=int(rng.integers(1, 300))).tolist() == \
+            plain(flat, order, rep, thresh)

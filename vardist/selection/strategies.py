@@ -81,19 +81,39 @@ def select(density: np.ndarray, x: np.ndarray | None = None, strategy: str = "va
     return Selection(int(shortlist[pick]), shortlist.astype(np.int64), branch, probs)
 
 
-def _diverse(flat: np.ndarray, order: np.ndarray, rep: int, thresh: float) -> np.ndarray:
-    """Greedy: accept order[j] when it is >= thresh (L2) from every accepted row, up to rep."""
-    accepted = np.empty((rep, flat.shape[1]))
+def _diverse(flat: np.ndarray, order: np.ndarray, rep: int, thresh: float,
+             block: int = 256) -> np.ndarray:
+    """Greedy: accept order[j] when it is >= thresh (L2) from every accepted row, up to rep.
+
+    Visits the order in blocks: one vectorised pass per accepted row gives every candidate of the
+    block its distance to the rows accepted before the block, and each acceptance inside the
+    block folds into a running minimum over the rest of it. The arithmetic per pair is that of
+    the one-at-a-time loop, so the result is identical, with no Python step per rejection."""
+    accepted: list[np.ndarray] = []
     chosen: list[int] = []
-    for j in order:
-        v = flat[j]
-        if chosen and np.sqrt(((accepted[:len(chosen)] - v) ** 2).sum(axis=1)).min() < thresh:
-            continue
-        accepted[len(chosen)] = v
-        chosen.append(int(j))
+    for start in range(0, len(order), block):
+        ids = order[start:start + block]
+        cand = flat[ids]
+        nearest = np.full(len(ids), np.inf)
+        for row in accepted:
+            np.minimum(nearest, _dist(cand, row), out=nearest)
+        j = 0
+        while len(chosen) < rep:
+            free = np.flatnonzero(nearest[j:] >= thresh)
+            if not len(free):
+                break
+            j += int(free[0])
+            chosen.append(int(ids[j]))
+            accepted.append(cand[j])
+            np.minimum(nearest[j + 1:], _dist(cand[j + 1:], cand[j]), out=nearest[j + 1:])
+            j += 1
         if len(chosen) == rep:
             break
     return np.asarray(chosen, np.int64)
+
+
+def _dist(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.sqrt(((rows - v) ** 2).sum(axis=1))
 
 
 def _check_density(density) -> np.ndarray:
