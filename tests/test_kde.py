@@ -167,6 +167,7 @@ def test_faiss_is_a_lower_bound_within_its_tail_bound():
 
 def test_auto_falls_back_to_faiss_ivf_for_expensive_continuous_positions(monkeypatch):
     monkeypatch.setattr(kde, "AUTO_COST_MAX", 1)
+    monkeypatch.setattr(kde, "SMALL_POOL_MAX", 0)  # test the per-position planner, not small pools
     x = np.random.default_rng(10).normal(size=(300, 1, 3))
     auto = kde_density(x, "auto", k_neighbors=10)
     assert not np.allclose(auto, kde_density(x, "exact"), rtol=1e-6)  # it did leave the exact path
@@ -266,3 +267,16 @@ def test_unique_rows_survives_projection_collisions(monkeypatch, dtype):
     want = kde_density(x, "exact")
     monkeypatch.setattr(kde, "_projection", lambda d, m: np.zeros((d, m)))  # every row collides
     np.testing.assert_allclose(kde_density(x, "grouped"), want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_small_pool_path_equals_the_per_position_path(monkeypatch, metric):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(60, 5, 32)).astype(np.float32)
+    x[30:] = x[:30]  # shared codes, as in real pools
+    small = kde_density(x, "auto", metric=metric)
+    assert 60 * 60 * 5 * 32 <= kde.SMALL_POOL_MAX
+    monkeypatch.setattr(kde, "SMALL_POOL_MAX", 0)
+    np.testing.assert_allclose(small, kde_density(x, "exact", metric=metric), rtol=1e-9)
+    np.testing.assert_allclose(kde_density(x, "auto", bandwidth=0.5, metric=metric),
+                               kde_density(x, "grouped", bandwidth=0.5, metric=metric), rtol=1e-9)

@@ -65,6 +65,8 @@ def kde_density(x: np.ndarray, method: str = "auto", bandwidth: float | np.ndarr
         raise ValueError(f"k_neighbors must be >= 1, got {k_neighbors}")
     n, P, d = x.shape
     hs = _bandwidth_arg(bandwidth, P)
+    if method in ("auto", "exact") and n * n * P * d <= SMALL_POOL_MAX:
+        return _small_pool_sums(x, hs, metric)
     out = np.zeros(n)
     for i in range(P):
         out += _position_sums(_position(x, i, metric), None if hs is None else hs[i], method,
@@ -123,6 +125,24 @@ def log_kde_density(x: np.ndarray, bandwidth: float | None = None) -> np.ndarray
 DROP_REL = 1e-9             # grouped: kernel terms adding up to less than this share of a score are
                             # skipped (certified; 100x below float32 rounding of the authors' code)
 SPLIT_MIN_UNIQUE = 1024     # below this many distinct vectors the dense plan is cheap: skip planning
+
+
+SMALL_POOL_MAX = 1 << 22   # n^2 P d at most this: every position at once in one batched GEMM
+
+
+def _small_pool_sums(x: np.ndarray, hs: np.ndarray | None, metric: str) -> np.ndarray:
+    """Exact densities of a small pool (e.g. VAR's n = 50-100 at scale 1) in a few whole-array
+    operations: per-position planning would cost more than the arithmetic itself."""
+    n, P, _ = x.shape
+    xs = np.stack([_position(x, i, metric) for i in range(P)], axis=1).astype(np.float64)
+    if hs is None:
+        hs = np.array([_silverman(xs[:, i]) for i in range(P)])
+    xc = (xs - xs.mean(axis=0)).transpose(1, 0, 2)             # [P, n, d], centred: small norms
+    norms = np.einsum("pnd,pnd->pn", xc, xc)
+    sq = norms[:, :, None] + norms[:, None, :] - 2.0 * (xc @ xc.transpose(0, 2, 1))
+    np.maximum(sq, 0.0, out=sq)                                # [P, n, n] squared distances
+    sq *= (-0.5 / hs**2)[:, None, None]
+    return np.exp(sq, out=sq).sum(axis=(0, 2))
 
 
 def _position_sums(xi: np.ndarray, h: float | None, method: str, k: int, nprobe: int) -> np.ndarray:
