@@ -83,6 +83,8 @@ def search(
     grid: bool = typer.Option(False, help="Also write a grid.png per prompt."),
     log_candidates: bool = typer.Option(
         False, help="Also log every candidate's density (candidates.parquet)."),
+    schedule: Optional[str] = typer.Option(
+        None, help="FlexVAR: scale schedule as side lengths, e.g. 1,2,3,4,5,6,7,8,9,10,12,14,16."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Search images for classes or prompts and write them (GenEval or class layout), with a
@@ -100,7 +102,7 @@ def search(
                 top_k=top_k, top_p=top_p, tau=tau, seed=seed, out=out, batch_size=batch_size,
                 weights=weights, device=device, engine=engine, bandwidth=bandwidth,
                 kde_method=kde_method, metric=metric, grid=grid, log_candidates=log_candidates,
-                progress=bar.update, **ray_opts)
+                schedule=_int_list(schedule, "--schedule"), progress=bar.update, **ray_opts)
         except InputError as e:
             raise _bad_input(e) from None
         except FileNotFoundError as e:
@@ -108,6 +110,16 @@ def search(
     earlier = sum(r.resumed for r in results)
     typer.echo(f"{len(results) - earlier} images written, {earlier} already there, to {out} "
                f"in {time.perf_counter() - start:.1f} s")
+
+
+def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint=f"'{option}'") from None
 
 
 class _ProgressBar:

@@ -57,3 +57,33 @@ def test_search_scale_indexes_into_the_chosen_schedule(fixtures_dir, monkeypatch
     assert plan_search(steps13, classes="1", scale=12)[0].settings.scale == 12
     with pytest.raises(InputError, match="scale 12 is beyond this model's schedule of 10"):
         plan_search(model, classes="1", scale=12)
+
+
+def test_cli_schedule_option_reaches_the_model(fixtures_dir, tmp_path, monkeypatch):
+    """--schedule: checked before loading, part of the run's fingerprint, and the searched scale
+    indexes into it (13 steps: scale 12 exists)."""
+    from vardist.api import plan_search
+    from vardist.io.conditions import InputError
+
+    monkeypatch.delenv("VARDIST_WEIGHTS", raising=False)
+    folder = fixtures_dir / "flexvar-tiny"
+    steps13 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16]
+    job, config = plan_search("flexvar-tiny", classes="1", scale=12, schedule=steps13, weights=folder)
+    assert job.model_options == {"schedule": steps13} and config["model_options"]["schedule"] == steps13
+    assert job.fingerprint()["schedule"] == steps13
+    with pytest.raises(InputError, match="only applies to FlexVAR"):
+        plan_search("toy-digits", classes="1", schedule=[1, 2, 4])
+    with pytest.raises(InputError, match="strictly increasing"):
+        plan_search("flexvar-tiny", classes="1", schedule=[1, 3, 2], weights=folder)
+    r = CliRunner().invoke(app, ["search", "--model", "flexvar-tiny", "--classes", "1",
+                                 "--schedule", "1,2,x", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "--schedule" in r.output
+
+    out = tmp_path / "short"
+    r = CliRunner().invoke(app, ["search", "--model", "flexvar-tiny", "--classes", "3",
+                                 "--per-class", "1", "--n", "8", "--scale", "1",
+                                 "--schedule", "1,2,4,8", "--weights", str(folder),
+                                 "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    img = np.asarray(Image.open(out / pq.read_table(out / "runlog.parquet").to_pylist()[0]["path"]))
+    assert img.shape[:2] == (128, 128)  # an 8x8 last scale decodes to 128 px

@@ -34,6 +34,7 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
            weights: str | Path | None = None, device: str | None = None, engine: str = "local",
            bandwidth: str = "item", kde_method: str = "auto", metric: str = "l2",
            grid: bool = False, log_candidates: bool = False,
+           schedule: Sequence[int] | None = None,
            progress: Callable[[int, int], None] | None = None,
            **engine_options: Any) -> SearchResults:
     """Search `samples` images for every condition and return their records (in item order).
@@ -49,7 +50,9 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
     (engine_options such as address=, actors= go to it). bandwidth: "item" (per item) or
     "batch" (pooled over the batch, as the authors' code). kde_method / metric: see
     vardist.selection.kde_density. grid: also write OUT/00000/grid.png (prompts).
-    log_candidates: also log every candidate's density (candidates.parquet). progress: called
+    log_candidates: also log every candidate's density (candidates.parquet). schedule: the
+    side lengths of the scale schedule, for models with flexible schedules (FlexVAR); the
+    searched scale indexes into it. progress: called
     with (images done, total) after every batch.
 
     Every input is checked before a model is loaded; bad input raises InputError (a ValueError
@@ -69,6 +72,8 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
                              "installation; use engine='local'", param="engine") from e
     recorder = Recorder(job, config)  # opens run.json: refuses a folder with other settings
     instance = job.model if isinstance(job.model, ScaleWiseGenerator) else None
+    if instance is None and job.model_options:  # built once here, shipped to Ray actors as is
+        instance = registry.load(job.model, weights, device, **job.model_options)
     if engine == "ray":  # actors load the model by name themselves, or get the instance
         return ray_engine.run(job, instance, recorder, progress, **engine_options)
     from vardist.engine import local
@@ -83,7 +88,8 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
                 k=None, cfg=None, top_k=None, top_p=None, tau=None, seed: int = 0, out=None,
                 batch_size: int = 8, weights=None, device=None, engine: str = "local",
                 bandwidth: str = "item", kde_method: str = "auto", metric: str = "l2",
-                grid: bool = False, log_candidates: bool = False, **engine_options: Any
+                grid: bool = False, log_candidates: bool = False,
+                schedule: Sequence[int] | None = None, **engine_options: Any
                 ) -> tuple[Job, dict[str, Any]]:
     """Every check of search() without loading a model: returns the Job and the run.json config.
     Engines other than search() (the Ray engine, studies) start from here too."""
@@ -102,6 +108,11 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
     else:
         raise InputError(f"model must be a registry name or a ScaleWiseGenerator, got "
                          f"{type(model).__name__}", param="model")
+    model_options = {}
+    if schedule is not None:
+        schedule = _check_schedule(schedule, spec, model)
+        num_scales = len(schedule)
+        model_options["schedule"] = schedule
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}",
                          param="engine")
@@ -159,15 +170,33 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
               batch_size=batch_size, weights=str(weights) if weights else None, device=device,
               out=str(out) if out is not None else None, condition_kind=kind,
               prompt_lines=prompt_lines, grid=grid, log_candidates=log_candidates,
-              options=dict(engine_options, engine=engine))
+              options=dict(engine_options, engine=engine), model_options=model_options)
     config = {"model": job.model_name, "settings": asdict(settings), "samples": samples,
               "seed": seed, "batch_size": batch_size, "engine": engine,
               "engine_options": engine_options, "out": job.out, "weights": job.weights,
               "device": device, "grid": grid, "log_candidates": log_candidates,
               "condition_kind": kind, "num_conditions": len(conditions),
+              "model_options": model_options,
               "prompts_file": str(prompts) if isinstance(prompts, (str, Path)) else None,
               "images": len(job.items)}
     return job, config
+
+
+def _check_schedule(schedule, spec, model) -> list[int]:
+    """A flexible schedule: positive, strictly increasing side lengths, for a registry model
+    whose builder takes one (FlexVAR). The model checks what it supports when it is built."""
+    if spec is None or spec.family != "flexvar":
+        raise InputError(f"schedule only applies to FlexVAR models (flexible scale schedules), "
+                         f"not {_name(model)}", param="schedule")
+    try:
+        sides = [int(v) for v in schedule]
+    except (TypeError, ValueError):
+        raise InputError(f"schedule must be side lengths such as 1,2,3,4,6,9,13,16, got "
+                         f"{schedule!r}", param="schedule") from None
+    if not sides or sides[0] < 1 or any(b <= a for a, b in zip(sides, sides[1:])):
+        raise InputError(f"schedule must be positive, strictly increasing side lengths, got "
+                         f"{sides}", param="schedule")
+    return sides
 
 
 def _check_loaded(model: ScaleWiseGenerator, job: Job) -> None:

@@ -163,6 +163,7 @@ class Job:
     grid: bool = False
     log_candidates: bool = False
     options: dict[str, Any] = field(default_factory=dict)     # engine-specific (ray: address, actors)
+    model_options: dict[str, Any] = field(default_factory=dict)  # builder options (schedule=)
 
     def __post_init__(self) -> None:
         self.items = plan_items(self.conditions, self.samples, self.seed)
@@ -176,6 +177,7 @@ class Job:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a rerun on the same output folder to continue this run."""
-        return {"model": self.model_name, **asdict(self.settings), "batch_size": self.batch_size,
+        return {"model": self.model_name, **asdict(self.settings), **self.model_options,
+                "batch_size": self.batch_size,
                 "seed": self.seed, "samples": self.samples, "condition_kind": self.condition_kind,
                 "conditions": [[ci, c] for ci, c in self.conditions]}

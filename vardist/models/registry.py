@@ -140,14 +140,17 @@ def missing_weights_error(spec: ModelSpec, weights_dir: str | Path | None) -> Fi
         f"download them from {spec.source} and pass --weights DIR (or set VARDIST_WEIGHTS)")
 
 
-def load(name: str, weights_dir: str | Path | None = None, device: str | None = None):
-    """Build a registered model with its weights: `load("var-d16", "/ckpt")`."""
+def load(name: str, weights_dir: str | Path | None = None, device: str | None = None,
+         **build_options):
+    """Build a registered model with its weights: `load("var-d16", "/ckpt")`.
+
+    build_options go to the family's builder, e.g. `schedule=(1, 2, 3, ...)` for FlexVAR."""
     spec = get_spec(name)
     files = find_weight_files(spec, weights_dir)
     if files is None:
         raise missing_weights_error(spec, weights_dir)
     dev = device or ("cuda" if _cuda_available() else "cpu")
-    model = spec.builder(spec, files, dev)
+    model = spec.builder(spec, files, dev, **build_options)
     if getattr(model, "search_defaults", None) is None:  # vardist.search(model) uses them
         model.search_defaults = spec.defaults
     return model
