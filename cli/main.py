@@ -201,5 +201,22 @@ def pack(
     typer.echo(f"wrote {path}: arr_0 uint8 {list(shape)}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    model: str = typer.Argument("toy-digits", help="The zoo model to train (toy-digits)."),
+    out: Path = typer.Option(..., help="Folder for the weights, config and train_log.jsonl."),
+) -> None:
+    """Retrain a zoo model from a seed (toy-digits: the judge, the VQVAE, then the VAR; about
+    10-15 minutes on 2 CPU cores). Further options (--seed, --judge-steps, --vae-steps,
+    --var-steps, --stages, --threads, ...) are those of `python -m vardist.zoo.train --help`."""
+    if model != "toy-digits":
+        raise typer.BadParameter(f"unknown zoo model {model!r}; the zoo has toy-digits",
+                                 param_hint="'MODEL'")
+    from vardist.zoo.train import main as train_main
+
+    train_main(["--out", str(out), *ctx.args])
+
+
 if __name__ == "__main__":
     app()

@@ -120,3 +120,17 @@ def test_toy_digits_end_to_end(tmp_path):
     arr = np.load(tmp_path / "digits.npz")["arr_0"]
     assert arr.shape[0] == 20 and arr.shape[3] == 3 and arr.dtype == np.uint8
     assert len({a.tobytes() for a in arr}) == 20  # twenty different pictures
+
+
+def test_train_command_runs_the_zoo_trainer(tmp_path):
+    from typer.testing import CliRunner as Runner
+
+    from vardist_cli.main import app as cli_app
+
+    r = Runner().invoke(cli_app, ["train", "toy-digits", "--out", str(tmp_path / "z"),
+                                  "--stages", "judge", "--judge-steps", "2", "--batch", "8"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "z" / "judge.safetensors").is_file()
+    assert '"stage": "done"' in (tmp_path / "z" / "train_log.jsonl").read_text()
+    bad = Runner().invoke(cli_app, ["train", "var-d16", "--out", str(tmp_path / "y")])
+    assert bad.exit_code != 0 and "unknown zoo model 'var-d16'" in bad.output
