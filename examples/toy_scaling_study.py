@@ -5,7 +5,7 @@ n = 10 .. 1000 and a few alphas, on `toy-digits` (classes 0-9), scored by the to
     python examples/toy_scaling_study.py --samples 4 --ns 10,100   # a quick look
 
 Writes OUT/study.parquet (one row per setting and image), OUT/summary.parquet (one per
-setting), OUT/<metric>_vs_n.png and prints the summary. The metrics are the zoo's toy analogues
+setting), OUT/<metric>_vs_n.png, OUT/metrics_vs_n.png (all four) and prints the summary. The metrics are the zoo's toy analogues
 (vardist.zoo.metrics): comparable with each other, never with published ImageNet numbers.
 """
 
@@ -15,6 +15,7 @@ import argparse
 import time
 
 import vardist
+import vardist.study
 
 STRATEGIES = ["none", "top-k", "random-k", "small-k", "var-scaling"]
 METRICS = ["accuracy", "is_toy", "fd_toy", "diversity"]
@@ -48,7 +49,8 @@ def main() -> None:
         alpha = f"{r['alpha']:.1f}" if r["strategy"] == "var-scaling" else "-"
         print(f"{r['strategy']:<12} {alpha:>5} {r['n']:>5} "
               + " ".join(f"{r[m]:>9.3f}" for m in METRICS) + f" {r['distinct_images']:>8}")
-    print(f"\nwritten: {', '.join(str(p) for p in res.paths.values())}")
+    grid = vardist.study.plot(res.summary, METRICS, f"{args.out}/metrics_vs_n.png")
+    print(f"\nwritten: {', '.join(str(p) for p in [*res.paths.values(), grid])}")
 
 
 if __name__ == "__main__":

@@ -283,6 +283,9 @@ class Study:
         if engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}",
                              param="engine")
+        if "schedule" in engine_options:
+            raise InputError("studies run the model's own scale schedule; search a flexible "
+                             "schedule with vardist.search(schedule=...)", param="schedule")
         prompts = isinstance(conditions, Path) or (
             isinstance(conditions, str) and conditions.endswith((".jsonl", ".txt"))) or (
             isinstance(conditions, Sequence) and not isinstance(conditions, str)
@@ -500,33 +503,40 @@ def _row(s: SearchSettings, it: WorkItem, ch: pipeline.Choice, image_key: int) -
             "image_key": image_key}
 
 
-def plot(summary: pa.Table, metric: str, path: str | Path) -> Path:
-    """metric vs n (log axis), one line per strategy (and per value of any other swept knob)."""
+def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path) -> Path:
+    """metric vs n (log axis), one line per strategy (and per value of any other swept knob the
+    strategy uses); several metrics give one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     rows = summary.to_pylist()
     varying = [k for k in SWEEP_KEYS if k not in ("n", "strategy")
                and len({r[k] for r in rows}) > 1]
-    lines: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        shown = [k for k in varying if k not in _SELECTION_KEYS or k in USES[r["strategy"]]]
-        label = ", ".join([r["strategy"]] + [f"{k}={r[k]}" for k in shown])
-        lines.setdefault(label, []).append((r["n"], r[metric]))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, pts in lines.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("n (candidates per item)")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    cols = min(len(metrics), 2)
+    nrows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        lines: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            shown = [k for k in varying if k not in _SELECTION_KEYS or k in USES[r["strategy"]]]
+            label = ", ".join([r["strategy"]] + [f"{k}={r[k]}" for k in shown])
+            lines.setdefault(label, []).append((r["n"], r[metric]))
+        for label, pts in lines.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("n (candidates per item)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
