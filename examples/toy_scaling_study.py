@@ -5,8 +5,9 @@ n = 10 .. 1000 and a few alphas, on `toy-digits` (classes 0-9), scored by the to
     python examples/toy_scaling_study.py --samples 4 --ns 10,100   # a quick look
 
 Writes OUT/study.parquet (one row per setting and image), OUT/summary.parquet (one per
-setting), OUT/<metric>_vs_n.png, OUT/metrics_vs_n.png (all four) and prints the summary. The metrics are the zoo's toy analogues
-(vardist.zoo.metrics): comparable with each other, never with published ImageNet numbers.
+setting), OUT/<metric>_vs_n.png, OUT/metrics_vs_n.png (all four) and prints the summary. The
+metrics are the zoo's toy analogues (vardist.zoo.metrics): comparable with each other, never
+with published ImageNet numbers. docs/study.md shows and discusses the default run.
 """
 
 from __future__ import annotations
