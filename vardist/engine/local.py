@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from vardist.engine import pipeline
 from vardist.engine.plan import Job
-from vardist.engine.results import Recorder, Result, SearchResults
+from vardist.engine.results import Recorder, SearchResults
 
 Progress = Callable[[int, int], None]  # (images done, total)
 
@@ -30,15 +30,7 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
         ) -> SearchResults:
     """Run `job` with a loaded model; returns one Result per item, in item order."""
     total = len(job.items)
-    results: dict[int, Result] = {}
-    todo_batches, skipped = [], []
-    for bi, batch in enumerate(job.batches()):
-        todo = recorder.todo(batch)
-        if todo:
-            todo_batches.append((bi, batch))
-        skipped += [it for it in batch if it not in todo]
-    for r in recorder.earlier(skipped):
-        results[r.item.index] = r
+    todo_batches, results = recorder.plan()
     if progress:
         progress(len(results), total)
     embed = pipeline.embedder(model)

@@ -323,7 +323,7 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
     returned results carry `.stats` (actors, replaced, redone)."""
     import ray
 
-    from vardist.engine.results import Recorder, Result, SearchResults
+    from vardist.engine.results import Recorder, SearchResults
 
     known = {f.name for f in fields(RayOptions)}
     for key in overrides:
@@ -336,15 +336,7 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
     opts.check()
     recorder = recorder or Recorder(job, {})
     total = len(job.items)
-    results: dict[int, Result] = {}
-    todo_batches, skipped = [], []
-    for bi, batch in enumerate(job.batches()):
-        todo = recorder.todo(batch)
-        if todo:
-            todo_batches.append((bi, batch))
-        skipped += [it for it in batch if it not in todo]
-    for r in recorder.earlier(skipped):
-        results[r.item.index] = r
+    todo_batches, results = recorder.plan()
     if progress:
         progress(len(results), total)
     if not todo_batches:

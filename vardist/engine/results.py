@@ -113,6 +113,17 @@ class Recorder:
             self.finished.update((r.item.condition_index, r.item.sample_index) for r in results)
         return results
 
+    def plan(self) -> tuple[list[tuple[int, list[WorkItem]]], dict[int, Result]]:
+        """What is left of the job: (batch index, batch) pairs still to compute, and the results
+        an earlier run already finished (by item index), as every engine starts."""
+        todo_batches, skipped = [], []
+        for bi, batch in enumerate(self.job.batches()):
+            todo = self.todo(batch)
+            if todo:
+                todo_batches.append((bi, batch))
+            skipped += [it for it in batch if it not in todo]
+        return todo_batches, {r.item.index: r for r in self.earlier(skipped)}
+
     def earlier(self, items: Sequence[WorkItem]) -> list[Result]:
         """Records of images an earlier run on this folder finished, from its log."""
         if not self.log or not items:

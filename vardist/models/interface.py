@@ -117,6 +117,18 @@ class ScaleWiseGenerator(ABC):
             elif not isinstance(c, str) or not c.strip():
                 raise ValueError(f"condition {i}: expected a non-empty prompt string, got {c!r}")
 
+    def check_batch(self, conditions: Sequence, seeds: Sequence[int]) -> tuple[list, list[int]]:
+        """Check a batch before any work: conditions this model takes and one seed >= 0 for
+        each; returns both as lists."""
+        conditions, seeds = list(conditions), [int(s) for s in seeds]
+        self.check_conditions(conditions)
+        if len(conditions) != len(seeds) or not seeds:
+            raise ValueError(f"need one seed per condition and at least one item, got "
+                             f"{len(conditions)} conditions and {len(seeds)} seeds")
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be >= 0, got {min(seeds)}")
+        return conditions, seeds
+
     @abstractmethod
     def start(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling) -> GenState:
         """Encode the conditions and open a batch at scale 0."""

@@ -98,13 +98,7 @@ class FlexVARGenerator(ScaleWiseGenerator):
 
     @torch.inference_mode()
     def start(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling) -> GenState:
-        conditions, seeds = list(conditions), [int(s) for s in seeds]
-        self.check_conditions(conditions)
-        if len(seeds) != len(conditions) or not seeds:
-            raise ValueError(f"need one seed per condition and at least one item; got "
-                             f"{len(seeds)} seeds for {len(conditions)} conditions")
-        if any(s < 0 for s in seeds):
-            raise ValueError(f"seeds must be >= 0, got {seeds}")
+        conditions, seeds = self.check_batch(conditions, seeds)
         self._options(sampling)
         t = self.transformer
         labels = torch.tensor(conditions + [self.num_classes] * len(conditions), device=self.device)

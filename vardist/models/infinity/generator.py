@@ -166,8 +166,8 @@ class InfinityGenerator(ScaleWiseGenerator):
 
     # -- the scale-wise interface --------------------------------------------------------------
     def start(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling) -> GenState:
-        self.check_conditions(conditions)
-        return self._open(self._text(conditions), list(conditions), seeds, sampling)
+        conditions, seeds = self.check_batch(conditions, seeds)
+        return self._open(self._text(conditions), conditions, seeds, sampling)
 
     def run_scales(self, state: GenState, stop: int) -> None:
         if not state.next_scale <= stop <= self.num_scales:

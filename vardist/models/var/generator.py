@@ -81,13 +81,7 @@ class VARGenerator(ScaleWiseGenerator):
     # ------------------------------------------------------------------ scale-wise interface
     @torch.inference_mode()
     def start(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling) -> GenState:
-        conditions, seeds = list(conditions), [int(s) for s in seeds]
-        self.check_conditions(conditions)
-        if len(conditions) != len(seeds) or not seeds:
-            raise ValueError(f"need one seed per condition and at least one item, got "
-                             f"{len(conditions)} conditions and {len(seeds)} seeds")
-        if any(s < 0 for s in seeds):
-            raise ValueError(f"seeds must be >= 0, got {min(seeds)}")
+        conditions, seeds = self.check_batch(conditions, seeds)
         B, n = len(seeds), self.schedule[-1][0]
         labels = torch.tensor(conditions + [self.var.null_class] * B, device=self.device)
         cache = VARCache(cond=self.var.cond(labels), kv=KVCache(self.var.cfg.depth),
