@@ -163,22 +163,23 @@ def models(
         None, envvar="VARDIST_WEIGHTS", help="Folder to look for checkpoint files in."),
 ) -> None:
     """List the registered models: family, default search settings, whether weights are found."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from vardist.models import registry
 
-    table = Table("name", "family", "conditions", "scale", "n", "strategy", "alpha", "cfg",
-                  "weights", title="vardist models")
+    table = Table(title="vardist models", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("name", "family", "conditions", "scale", "n", "strategy", "alpha", "cfg",
+                "weights"):
+        table.add_column(col, no_wrap=True)
     for name, spec in registry.specs().items():
         d = spec.defaults
         if not spec.files:
             found = "bundled"
         else:
             found = "found" if registry.find_weight_files(spec, weights) is not None else "missing"
-        conds = spec.condition_kind or "?"
-        if spec.num_classes:
-            conds += f" ({spec.num_classes})"
+        conds = f"{spec.num_classes} classes" if spec.num_classes else (spec.condition_kind or "?")
         table.add_row(name, spec.family, conds, str(d.scale), str(d.n), d.strategy,
                       f"{d.alpha:g}", f"{d.cfg:g}", found)
     Console().print(table)
