@@ -106,6 +106,32 @@ def test_matches_the_local_engine(reference):
     np.testing.assert_array_equal(np.stack(ref.images), np.stack(want.images))
 
 
+def test_actors_send_png_bytes_when_writing_a_folder(reference, tmp_path):
+    """With an output folder the actors encode (in parallel) and the driver only writes: the
+    finished-batch messages carry PNG bytes and no arrays or maps, and those bytes are exactly
+    what the local engine's encoder makes of the same pixels."""
+    from vardist.io import outputs
+
+    ref_out, _ = reference
+    seen = []
+
+    class Spy(Recorder):
+        def record(self, bi, batch, choices, images, maps, pool_s, finish_s, pngs=None):
+            seen.append((images, list(maps), pngs, len(batch)))
+            return super().record(bi, batch, choices, images, maps, pool_s, finish_s, pngs)
+
+    job = make_job(tmp_path)
+    res = ray_engine.run(job, None, Spy(job, {}), options=RayOptions(actors=1))
+    assert len(seen) == len(job.items) // job.batch_size
+    for images, maps, pngs, b in seen:
+        assert images is None and maps == []
+        assert len(pngs) == b and all(p.startswith(b"\x89PNG") for p in pngs)
+    local_job = make_job(None)
+    mem = local.run(local_job, local_job.model, Recorder(local_job, {}))
+    assert [r.path.read_bytes() for r in res] == [outputs.png_bytes(r.image) for r in mem]
+    assert png_bytes(tmp_path) == png_bytes(ref_out)
+
+
 def test_killed_actor_is_replaced_and_every_image_written_once(reference, tmp_path):
     ref_out, _ = reference
     killed = []

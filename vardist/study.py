@@ -630,8 +630,8 @@ class _RayRunner:
         from vardist.engine.ray import Packed
 
         ref = self._actor().finish.remote(items, settings, [Packed.pack(p) for p in prefix],
-                                          Packed.pack(chosen))
-        return lambda: self.ray.get(ref)[0]
+                                          Packed.pack(chosen), False)  # arrays, not PNGs
+        return lambda: self.ray.get(ref).images
 
     def close(self) -> None:
         self.actors.close()

@@ -6,7 +6,7 @@ finish images; a selection stage picks the candidates; the driver plans, dispatc
                       <--compact codes-----  (numpy through the object store)
     selection (a 1-CPU Ray task reading the pool where it lies, or the driver itself)
                       --finish(batch, maps)> teacher-forced re-entry (model.resume), the
-    write images      <--uint8 images------  remaining scales, decode
+    write PNG bytes   <--PNG bytes---------  remaining scales, decode, PNG encoding
 
 Why this shape: the prefix is under 1% of an image, so a continuation rebuilds its state from
 the token maps instead of pinning a KV cache to the actor that drew the pool. Calls are then
@@ -19,7 +19,10 @@ in the same company; the shared stage functions of `vardist.engine.pipeline` do 
 Flow control: each actor has at most `depth` calls queued (so it never idles while a batch is
 being selected), finishing goes before new pools (finished images leave memory first), and at
 most actors x (depth + 1) batches are open at once, so the object store and the driver hold a
-bounded amount whatever the run's size. PNGs are encoded and written on a helper thread.
+bounded amount whatever the run's size. The actors encode the PNGs (in parallel, on their own
+CPUs: a 1024x1024 PNG takes ~0.4 s, which on the driver alone capped an 8-GPU run); the driver
+only writes the bytes, on a helper thread. In-memory runs (no output folder) get the uint8
+images and token maps instead.
 """
 
 from __future__ import annotations
@@ -158,6 +161,17 @@ class PoolMsg:
     seconds: float
 
 
+@dataclass
+class FinishMsg:
+    """What an actor returns for a finished batch: PNG bytes when the run writes a folder (the
+    driver only writes them; the maps are not needed there), else the arrays themselves."""
+
+    pngs: list[bytes] | None      # outputs.png_bytes of each image
+    images: np.ndarray | None     # uint8 [B, H, W, 3]
+    maps: list[Packed]            # token maps of every scale (in-memory runs only)
+    seconds: float                # continuation, decode and encoding
+
+
 # --- the generator actor ------------------------------------------------------------------
 
 class Generator:
@@ -185,15 +199,19 @@ class Generator:
         return PoolMsg([Packed.pack(m) for m in pool.prefix], Packed.pack(pool.codes), table,
                        pool.seconds)
 
-    def finish(self, items: list, settings: Any, prefix: list[Packed], chosen: Packed
-               ) -> tuple[np.ndarray, list[Packed], float]:
-        """uint8 images [B, H, W, 3], the token maps of every scale, seconds."""
+    def finish(self, items: list, settings: Any, prefix: list[Packed], chosen: Packed,
+               encode: bool) -> FinishMsg:
+        """The batch's images: encoded as PNGs (encode), else uint8 arrays with their maps."""
         from vardist.engine import pipeline
+        from vardist.io import outputs
 
         t0 = time.perf_counter()
         images, maps = pipeline.continue_batch(self.model, items, settings,
                                                [p.unpack() for p in prefix], chosen.unpack())
-        return images, [Packed.pack(m) for m in maps], time.perf_counter() - t0
+        if encode:
+            pngs = [outputs.png_bytes(im) for im in images]
+            return FinishMsg(pngs, None, [], time.perf_counter() - t0)
+        return FinishMsg(None, images, [Packed.pack(m) for m in maps], time.perf_counter() - t0)
 
     def info(self) -> dict[str, Any]:
         """Where this replica runs: process, GPUs Ray gave it, torch threads."""
@@ -385,8 +403,8 @@ class _Stage:
         self.redone = 0
 
     def drive(self, batches: list[_Task]) -> None:
-        # PNG encoding and log writes run on one helper thread, in order, while the loop keeps
-        # the actors fed; at most one write per actor waits in its queue.
+        # PNG writes (encoded by the actors) and log parts run on one helper thread, in order,
+        # while the loop keeps the actors fed; at most one write per actor waits in its queue.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vardist-write") as writer:
             self._drive(batches, writer)
             for f in self.writes:
@@ -436,7 +454,7 @@ class _Stage:
                     while self.writes and (len(self.writes) >= len(self.load)
                                            or self.writes[0].done()):
                         self.writes.popleft().result()  # re-raises a failed write
-                    self.writes.append(writer.submit(self._record, task, *out))
+                    self.writes.append(writer.submit(self._record, task, out))
                     open_batches -= 1
 
     def _submit(self, task: _Task) -> tuple[Any, int, Any]:
@@ -447,16 +465,18 @@ class _Stage:
         if task.kind == "pool":
             return h.pool.remote(task.batch, self.job.settings), slot, h
         sel = task.selected
-        return h.finish.remote(task.batch, self.job.settings, sel.prefix, sel.chosen), slot, h
+        return h.finish.remote(task.batch, self.job.settings, sel.prefix, sel.chosen,
+                               self.job.out is not None), slot, h
 
     @staticmethod
     def _seeds(task: _Task) -> list[int]:
         return [it.seed for it in task.batch]
 
-    def _record(self, task: _Task, images: np.ndarray, maps: list[Packed], seconds: float) -> None:
+    def _record(self, task: _Task, msg: FinishMsg) -> None:
         sel = task.selected
-        for r in self.recorder.record(task.bi, task.batch, sel.choices, images,
-                                      [m.unpack() for m in maps], sel.pool_seconds, seconds):
+        for r in self.recorder.record(task.bi, task.batch, sel.choices, msg.images,
+                                      [m.unpack() for m in msg.maps], sel.pool_seconds,
+                                      msg.seconds, pngs=msg.pngs):
             self.results[r.item.index] = r
         if self.progress:
             self.progress(len(self.results), self.total)

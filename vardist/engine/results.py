@@ -71,10 +71,18 @@ class Recorder:
         return [it for it in batch if (it.condition_index, it.sample_index) not in self.finished]
 
     def record(self, batch_index: int, batch: Sequence[WorkItem], choices: Sequence[Choice],
-               images: np.ndarray, maps: Sequence[np.ndarray], pool_seconds: float,
-               finish_seconds: float) -> list[Result]:
-        """Write the not yet finished images of a computed batch (PNG, then its log part)."""
+               images: np.ndarray | None, maps: Sequence[np.ndarray], pool_seconds: float,
+               finish_seconds: float, pngs: Sequence[bytes] | None = None) -> list[Result]:
+        """Write the not yet finished images of a computed batch (PNG, then its log part).
+        `pngs`: the images already encoded (outputs.png_bytes), so that whoever computed them
+        encodes in parallel and this only writes; then `images` and `maps` may be None and [].
+        In-memory runs (no output folder) keep `images` and `maps`, so they need them."""
         job, s = self.job, self.job.settings
+        if self.out is None and images is None:
+            raise ValueError("an in-memory run (no output folder) needs the images as arrays, "
+                             "not only PNG bytes")
+        if pngs is None and images is None:
+            raise ValueError("record needs the images, as arrays or as PNG bytes (pngs=)")
         B = len(batch)
         rows, cands, results = [], [], []
         for b, (it, ch) in enumerate(zip(batch, choices)):
@@ -86,7 +94,10 @@ class Recorder:
             if self.out:
                 rel = outputs.image_relpath(job.condition_kind, it.condition_index,
                                             it.sample_index)
-                outputs.save_png(self.out / rel, images[b])
+                if pngs is not None:
+                    outputs.atomic_write_bytes(self.out / rel, pngs[b])
+                else:
+                    outputs.save_png(self.out / rel, images[b])
                 res.path = self.out / rel
                 rows.append({"condition_index": it.condition_index,
                              "condition": str(it.condition), "sample_index": it.sample_index,
