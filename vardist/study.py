@@ -78,16 +78,12 @@ class Metric(Protocol):
 class _Judge:
     """Shared lazy access to the zoo's toy judge (class probabilities + features)."""
 
-    _judge = None
-
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from vardist.zoo.judge import load_judge
-
-        if _Judge._judge is None:
-            _Judge._judge = load_judge()
         import torch
 
-        probs, feats = _Judge._judge.predict(torch.from_numpy(np.ascontiguousarray(images)))
+        from vardist.zoo.judge import shipped_judge
+
+        probs, feats = shipped_judge().predict(torch.from_numpy(np.ascontiguousarray(images)))
         return probs.numpy(), feats.numpy()
 
 

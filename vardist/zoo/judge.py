@@ -8,6 +8,7 @@ features (the Frechet-distance analogue). It is trained by `vardist.zoo.train` a
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -66,3 +67,9 @@ def load_judge(path: str | Path | None = None) -> DigitJudge:
     judge = DigitJudge()
     load_exact(judge, read_state_dict(path), what=f"the toy digit judge ({path})")
     return judge.eval()
+
+
+@lru_cache(maxsize=1)
+def shipped_judge() -> DigitJudge:
+    """The shipped judge, loaded once per process (metrics and studies share it; never train it)."""
+    return load_judge()

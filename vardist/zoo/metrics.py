@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vardist.zoo.data import load_digits
-from vardist.zoo.judge import DigitJudge, load_judge
+from vardist.zoo.judge import DigitJudge, load_judge, shipped_judge
 
 
 def class_accuracy(probs: torch.Tensor | np.ndarray, labels: Sequence[int] | torch.Tensor) -> float:
@@ -76,7 +76,7 @@ def frechet_distance(stats_a: tuple[np.ndarray, np.ndarray],
 
 @lru_cache(maxsize=1)
 def _real_stats_shipped() -> tuple[np.ndarray, np.ndarray]:
-    return real_stats(load_judge())
+    return real_stats(shipped_judge())
 
 
 def real_stats(judge: DigitJudge) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +92,7 @@ def evaluate(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     shipped = judge is None
-    judge = judge or load_judge()
+    judge = judge or shipped_judge()
     probs, feats = judge.predict(images)
     ref = _real_stats_shipped() if shipped else real_stats(judge)
     out = {"accuracy": class_accuracy(probs.numpy(), labels),
