@@ -75,7 +75,7 @@ def test_local_continuation_equals_teacher_forced_resume():
     batch = job.batches()[0]
     pool = pipeline.prefix_and_pool(m, batch, job.settings, keep_state=True)
     choices = pipeline.select_batch(pool.codes, pipeline.embedder(m), pool.seeds, job.settings)
-    chosen = pipeline.chosen_codes(pool, choices)
+    chosen = pipeline.chosen_codes(pool.codes, choices)
     a, maps_a = pipeline.continue_batch(m, batch, job.settings, pool.prefix, chosen, pool.state)
     b, maps_b = pipeline.continue_batch(m, batch, job.settings, pool.prefix, chosen)
     assert np.array_equal(a, b) and all(np.array_equal(x, y) for x, y in zip(maps_a, maps_b))

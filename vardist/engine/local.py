@@ -60,9 +60,9 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
                 pbi, pbatch, ppool, pchosen = prev
                 choices = pchosen.result()
                 t0 = time.perf_counter()
-                images, maps = pipeline.continue_batch(
-                    model, pbatch, settings, ppool.prefix, pipeline.chosen_codes(ppool, choices),
-                    ppool.state)
+                chosen = pipeline.chosen_codes(ppool.codes, choices)
+                images, maps = pipeline.continue_batch(model, pbatch, settings, ppool.prefix,
+                                                       chosen, ppool.state)
                 ppool.state = None  # free the KV cache now
                 last_write = helper.submit(write, pbi, pbatch, choices, images, maps,
                                            ppool.seconds, time.perf_counter() - t0, last_write)

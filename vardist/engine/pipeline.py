@@ -3,7 +3,7 @@ process, the Ray engine in actors and a selection stage):
 
     pool = prefix_and_pool(model, batch, settings)          # prefix r_0..r_{k-1} + n candidates r_k
     choices = select_batch(pool.codes, embedder(model), pool.seeds, settings)
-    images, maps = continue_batch(model, batch, settings, pool.prefix, chosen_codes(pool, choices))
+    images, maps = continue_batch(model, batch, settings, pool.prefix, chosen_codes(pool.codes, choices))
 
 Between stages everything is numpy (codes, not embeddings: a pool is small), so it can travel
 through an object store. `continue_batch` takes the generator state when the same process drew
@@ -102,9 +102,10 @@ def select_batch(codes: np.ndarray, embed: Embed, seeds: Sequence[int], settings
     return choices
 
 
-def chosen_codes(pool: Pool, choices: Sequence[Choice]) -> np.ndarray:
-    """The chosen candidate of every item: [B, P_k, *code_shape]."""
-    return pool.codes[np.arange(len(choices)), [c.index for c in choices]]
+def chosen_codes(codes: np.ndarray, choices: Sequence[Choice]) -> np.ndarray:
+    """The chosen candidate of every item of a pool batch's codes [B, n, P_k, *code_shape]:
+    [B, P_k, *code_shape]."""
+    return codes[np.arange(len(choices)), [c.index for c in choices]]
 
 
 def continue_batch(model: ScaleWiseGenerator, items: Sequence[WorkItem], settings: SearchSettings,

@@ -241,7 +241,7 @@ def select_pool(msg: PoolMsg, seeds: list[int], settings: Any, keep_density: boo
 
     codes = msg.codes.unpack()
     choices = pipeline.select_batch(codes, msg.table, seeds, settings, keep_density=keep_density)
-    chosen = codes[np.arange(len(choices)), [c.index for c in choices]]
+    chosen = pipeline.chosen_codes(codes, choices)
     return Selected(choices, msg.prefix, Packed.pack(chosen), msg.seconds)
 
 
