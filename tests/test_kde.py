@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vardist.selection import METHODS, kde_density, log_kde_density, pooled_bandwidth
-from vardist.selection import kde
+from vardist.selection import hamming, kde
 from vardist.selection.synthetic import bit_pool, token_pool
 
 
@@ -78,37 +78,88 @@ def test_exact_is_blocked_without_changing_numbers(monkeypatch):
     np.testing.assert_allclose(kde_density(x, "exact"), whole, rtol=1e-12)
 
 
-@pytest.mark.parametrize("pool", ["tokens", "bits", "bits-split", "continuous"])
+def only_plan(monkeypatch, name):
+    """Make the Hamming planner offer just one plan."""
+    offered = hamming._plans
+    monkeypatch.setattr(hamming, "_plans", lambda *a: [p for p in offered(*a) if p[1] == name])
+
+
+def uniform_bits(n, P, d, seed=0):
+    return (np.random.default_rng(seed).random((n, P, d)) < 0.5).astype(np.float32)
+
+
+@pytest.mark.parametrize("pool", ["tokens", "bits", "bits-cube", "bits-ball", "bits-flat", "continuous"])
 def test_grouped_equals_exact(pool, monkeypatch):
-    if pool == "bits-split":
-        monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)  # let a small pool take the split plan
+    if pool.startswith("bits-"):
+        only_plan(monkeypatch, pool[5:])
     x = {"tokens": lambda: token_pool(500, 4, seed=1),
-         "bits": lambda: bit_pool(600, 3, seed=1),
-         "bits-split": lambda: bit_pool(600, 3, seed=1),
-         "continuous": lambda: np.random.default_rng(1).normal(size=(300, 2, 8))}[pool]()
+         "continuous": lambda: np.random.default_rng(1).normal(size=(300, 2, 8))}.get(
+        pool, lambda: bit_pool(600, 3, seed=1))()
     exact = kde_density(x, "exact")
     np.testing.assert_allclose(kde_density(x, "grouped"), exact, rtol=1e-6)
     np.testing.assert_allclose(kde_density(x, "auto"), exact, rtol=1e-6)
 
 
-def test_bits_take_the_split_plan_and_tokens_do_not(monkeypatch):
-    monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)
-    bits = kde._position(bit_pool(2000, 1, seed=2), 0, "l2")
-    toks = kde._position(token_pool(2000, 1, seed=2), 0, "l2")
-    assert kde._split_plan(*kde._unique_rows(bits)[::2]) is not None
-    assert kde._split_plan(*kde._unique_rows(toks)[::2]) is None
+@pytest.mark.parametrize("plan", ["cube", "ball", "flat"])
+@pytest.mark.parametrize("bandwidth", [None, 0.5, 2.0])
+def test_hamming_plans_equal_exact_on_uniform_bits(monkeypatch, plan, bandwidth):
+    # uniform bits with Silverman's h put real weight at Hamming 1-4, a wide h on every pair
+    only_plan(monkeypatch, plan)
+    x = uniform_bits(700, 2, 12, seed=2)  # 12 bits: a wide h makes the ball the whole cube
+    exact = kde_density(x, "exact", bandwidth=bandwidth)
+    got = kde_density(x, "grouped", bandwidth=bandwidth)
+    assert np.abs(got / exact - 1).max() <= hamming.DROP_REL  # certified truncation bound
+    if plan == "cube":  # no truncation at all
+        np.testing.assert_allclose(got, exact, rtol=1e-12)
 
 
-def test_split_plan_equals_dense_on_wide_bandwidth(monkeypatch):
-    # a wide kernel makes every pair count, so the split product must carry all of them
-    monkeypatch.setattr(kde, "SPLIT_MIN_UNIQUE", 64)
-    x = kde._position(bit_pool(800, 1, seed=4), 0, "l2")
-    u, inv, counts = kde._unique_rows(x)
-    plan = kde._split_plan(u, counts)
-    assert plan is not None
-    for h in (0.2, 1.5, 6.0):
-        np.testing.assert_allclose(kde._split_sums(counts, h, *plan[1:]),
-                                   kde._kernel_sums(u, u, counts, h), rtol=1e-10)
+def test_bits_take_the_hamming_plans_and_tokens_do_not():
+    bits = kde._unique_rows(kde._position(bit_pool(2000, 1, seed=2), 0, "l2"))[0]
+    toks = kde._unique_rows(kde._position(token_pool(2000, 1, seed=2), 0, "l2"))[0]
+    found = hamming.binary_bits(bits)
+    assert found is not None and found[1] == 1.0 and found[0].shape[1] < 32  # fixed bits dropped
+    np.testing.assert_array_equal(found[0], bits[:, bits.min(0) != bits.max(0)] == 1)
+    assert hamming.binary_bits(toks) is None
+
+
+@pytest.mark.parametrize("values, gap", [
+    ([[0, 0], [1, 1], [0, 1]], 1.0),
+    ([[-1, 5], [1, 7], [1, 5]], 2.0),                      # own low value per dim, one gap
+    ([[0, 0], [1, 2], [0, 2]], None),                      # two gaps
+    ([[0, 0], [1, 1], [2, 1]], None),                      # a third value
+    ([[3, 3], [3, 3]], 0.0),                               # nothing varies
+])
+def test_binary_detection(values, gap):
+    found = hamming.binary_bits(np.array(values, dtype=np.float64))
+    assert (found is None) == (gap is None)
+    if gap is not None:
+        assert found[1] == gap
+
+
+def test_scaled_sign_codes_use_the_gap():
+    # BSQ-style codes +-1/sqrt(d): ||a - b||^2 = (2/sqrt(d))^2 Hamming(a, b)
+    x = (2 * uniform_bits(500, 2, 16, seed=3) - 1) / 4.0
+    np.testing.assert_allclose(kde_density(x, "grouped"), kde_density(x, "exact"), rtol=1e-9)
+
+
+def test_hamming_blocks_do_not_change_numbers(monkeypatch):
+    x = uniform_bits(600, 1, 13, seed=4)
+    want = {plan: None for plan in ("cube", "ball", "flat")}
+    for plan in want:
+        with monkeypatch.context() as m:
+            only_plan(m, plan)
+            want[plan] = kde_density(x, "grouped")
+            m.setattr(hamming, "BLOCK", 1000)   # many small blocks
+            m.setattr(hamming, "CUBE_CHUNK_BITS", 5)  # and a ragged last cube chunk
+            np.testing.assert_allclose(kde_density(x, "grouped"), want[plan], rtol=1e-13)
+
+
+def test_hamming_planner_prices_the_plans():
+    plans = lambda *a: min(hamming._plans(*a))[1]
+    assert plans(20_000, 18, 1, 1e-8) == "cube"      # many codes over few varying bits
+    assert plans(2_000, 32, 8, 1e-2) == "flat"       # few codes, wide radius
+    assert plans(30_000, 40, 1, 1e-8) == "ball"      # too many bits for a cube, narrow kernel
+    assert "cube" not in [p[1] for p in hamming._plans(100, 22, 1, 1e-40)]  # r^v subnormal
 
 
 def test_far_apart_data_uses_the_overflow_safe_kernel():

@@ -35,6 +35,21 @@ def test_sample_tokens_follows_the_distribution():
     assert torch.allclose(freq, probs, atol=0.01)
 
 
+@pytest.mark.parametrize("V", [2, 3, 4])
+def test_small_vocab_comparisons_equal_the_binary_search(monkeypatch, V):
+    from vardist.models import sampling
+
+    logits = torch.randn(2, 300, V)
+    logits[0, :50, 0] = float("-inf")  # a masked entry: a flat step in the cdf
+    logits[1, :50, -1] = float("-inf")
+    u = batch_uniforms([item_stream(s, 4) for s in range(2)], 64, 300)
+    u[:, 0] = 0.0  # the lower edge
+    u[:, 1] = np.nextafter(1.0, 0.0)  # the upper edge, where the target can round up to the total
+    fast = sample_tokens(logits, u)
+    monkeypatch.setattr(sampling, "SMALL_VOCAB", 0)
+    assert torch.equal(fast, sample_tokens(logits, u))
+
+
 def test_greedy_is_argmax_and_masked_tokens_never_drawn():
     logits = torch.randn(3, 5, 50)
     u = batch_uniforms([item_stream(s, 1) for s in range(3)], 200, 5)

@@ -65,6 +65,9 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0)
     return out
 
 
+SMALL_VOCAB = 4  # vocabularies this small are sampled by comparisons instead of a binary search
+
+
 def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draws: logits [B, P, V] (already filtered), uniforms [B, m, P] in [0, 1)
     -> token ids int64 [B, m, P]. A one-hot distribution (top_k=1) always gives its argmax."""
@@ -72,5 +75,10 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     probs = torch.softmax(logits.double(), dim=-1)
     cdf = probs.cumsum(dim=-1)
     targets = uniforms.to(cdf.device, torch.float64).transpose(1, 2) * cdf[..., -1:]
-    idx = torch.searchsorted(cdf, targets.contiguous(), right=True).clamp_(max=V - 1)
+    if V <= SMALL_VOCAB:
+        # count the cdf entries <= target among the first V - 1: the same index as the clamped
+        # searchsorted below, in V - 1 vector compares (Infinity's bitwise classifier: V = 2)
+        idx = (targets[..., None] >= cdf[..., None, :V - 1]).sum(-1)
+    else:
+        idx = torch.searchsorted(cdf, targets.contiguous(), right=True).clamp_(max=V - 1)
     return idx.transpose(1, 2)

@@ -33,14 +33,15 @@ from typing import Sequence
 
 import numpy as np
 
+from vardist.selection.hamming import BLOCK, DROP_REL, binary_bits, hamming_kernel_sums
+
 METHODS = ("auto", "exact", "grouped", "faiss")
 METRICS = ("l2", "cosine")
 
 BANDWIDTH_FLOOR = 1e-6      # added to h, as the authors do (keeps h > 0 for identical candidates)
 AUTO_COST_MAX = 8192**2 * 32  # auto: a dense exact position costing more than this -> faiss IVF
-AUTO_SPLIT_COST_MAX = 1e11  # auto: split-plan GEMM flops allowed (~3 s on one core) before that
 IVF_MIN = 50_000            # faiss: flat index below this many distinct vectors, IVF above
-_BLOCK = 1 << 22            # elements of one distance block (32 MiB of float64)
+_BLOCK = BLOCK              # elements of one distance block (32 MiB of float64)
 
 
 def silverman_factor(n: int, d: int) -> float:
@@ -122,9 +123,6 @@ def log_kde_density(x: np.ndarray, bandwidth: float | None = None) -> np.ndarray
 
 # --- per-position kernels -------------------------------------------------------------------
 
-DROP_REL = 1e-9             # grouped: kernel terms adding up to less than this share of a score are
-                            # skipped (certified; 100x below float32 rounding of the authors' code)
-SPLIT_MIN_UNIQUE = 1024     # below this many distinct vectors the dense plan is cheap: skip planning
 
 
 SMALL_POOL_MAX = 1 << 22   # n^2 P d at most this: every position at once in one batched GEMM
@@ -154,9 +152,9 @@ def _position_sums(xi: np.ndarray, h: float | None, method: str, k: int, nprobe:
         h = _silverman(u, counts)
     if method == "faiss":
         return _faiss_sums(u, counts, h, k, nprobe, ivf=len(u) >= IVF_MIN)[inv]
-    split = _split_plan(u, counts)
-    if split is not None and (method == "grouped" or split[0] <= AUTO_SPLIT_COST_MAX):
-        return _split_sums(counts, h, *split[1:])[inv]
+    binary = binary_bits(u)
+    if binary is not None:  # bits: Hamming-distance plans, no exp per pair (hamming.py)
+        return hamming_kernel_sums(*binary, counts, h)[inv]
     if method == "grouped" or len(u) ** 2 * xi.shape[1] <= AUTO_COST_MAX:
         # n terms below DROP_REL / n each add up to < DROP_REL of a score (>= 1, its self term)
         return _kernel_sums(u, u, counts, h, skip_below=DROP_REL / len(xi))[inv]
@@ -223,59 +221,6 @@ def _kernel_sums(q: np.ndarray, db: np.ndarray, weights: np.ndarray | None, h: f
     else:
         for rows, e in _exponent_blocks(q, db, g):
             out[rows] = np.exp(e, out=e) @ w
-    return out
-
-
-def _kernel_matrix(u: np.ndarray, h: float) -> np.ndarray:
-    """exp(-||u_j - u_m||^2 / (2 h^2)) [U, U]."""
-    q, db, g, sq_q, sq_db, fast = _centred(u, u, h)
-    out = np.empty((len(u), len(u)))
-    if fast:
-        for rows, k in _exp_gram_blocks(q, db, g):
-            out[rows] = k * np.exp(-g * sq_q[rows])[:, None] * np.exp(-g * sq_db)[None, :]
-    else:
-        for rows, e in _exponent_blocks(q, db, g):
-            out[rows] = np.exp(e, out=e)
-    return out
-
-
-def _split_plan(u: np.ndarray, counts: np.ndarray):
-    """(cost, half-groupings) of the split evaluation, or None when it cannot beat dense U^2.
-
-    The Gaussian kernel factorises over any partition of the dims: K(x, y) = K(x_A, y_A) K(x_B, y_B).
-    Give each distinct row j its halves (a_j, b_j) among H and L distinct half-vectors, and let
-    W[a, b] be the count of the row with halves (a, b); then score_j = (K_A W K_B)[a_j, b_j]:
-    O(H L (H + L) + (H^2 + L^2) d) GEMM flops instead of O(U^2 d) with an exp per pair. Bits make
-    this pay off (H, L ~ sqrt(U)); codebook vectors do not (H = L = U), so it is priced first."""
-    n_unique, d = u.shape
-    if d < 2 or n_unique < SPLIT_MIN_UNIQUE:
-        return None
-    var = counts @ (u - counts @ u / counts.sum()) ** 2
-    order = np.argsort(-var, kind="stable")  # alternate dims by variance: balanced halves
-    halves = [_unique_rows(np.ascontiguousarray(u[:, np.sort(order[j::2])])) for j in (0, 1)]
-    H, L = len(halves[0][0]), len(halves[1][0])
-    # the last product is a GEMM (H^2 L) or, when that is larger, U row-dots of length H
-    cost = H * L * L + min(H * H * L, 32 * n_unique * H) + (H * H + L * L) * d
-    if cost >= n_unique**2 * d or max(H, L) ** 2 > 4 * _BLOCK or H * L > 4 * _BLOCK:
-        return None
-    return cost, halves[0], halves[1]
-
-
-def _split_sums(counts: np.ndarray, h: float, half_a, half_b) -> np.ndarray:
-    """Kernel sums of the distinct rows by the split plan (see _split_plan)."""
-    (ua, ia, _), (ub, ib, _) = half_a, half_b
-    H, L = len(ua), len(ub)
-    w = np.zeros(H * L)
-    w[ia * L + ib] = counts  # distinct rows have distinct (a, b)
-    t = w.reshape(H, L) @ _kernel_matrix(ub, h)
-    ka = _kernel_matrix(ua, h)
-    if H * H * L <= 32 * len(ia) * H:
-        return (ka @ t)[ia, ib]
-    tt, out = np.ascontiguousarray(t.T), np.empty(len(ia))
-    step = max(1, _BLOCK // H)
-    for s in range(0, len(ia), step):
-        rows = slice(s, s + step)
-        out[rows] = np.einsum("ij,ij->i", ka[ia[rows]], tt[ib[rows]])
     return out
 
 

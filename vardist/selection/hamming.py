@@ -1,0 +1,168 @@
+"""Gaussian kernel sums over binary vectors (Infinity's bit labels), through Hamming distances.
+
+When every dim of a position takes at most two values lo_c and lo_c + g (one gap g for all dims
+that vary: 0/1 bits, +-1 codes, +-1/sqrt(d) BSQ codes), ||a - b||^2 = g^2 H(a, b) with H the
+Hamming distance, so the authors' kernel is exp(-g^2 H / (2 h^2)) = r^H with
+r = exp(-g^2 / (2 h^2)): a lookup in a table of v + 1 values (v: the dims that vary), no exp per
+pair. Three exact plans for the sums over the U distinct vectors, weighted by their counts; the
+cheapest is priced and picked per position:
+
+- cube:  scatter the counts into a dense table over all 2^v codes and apply the kernel, which is a
+         tensor product of one 2 x 2 matrix [[1, r], [r, 1]] per varying dim, a few bits at a time
+         as GEMMs. Exact, no truncation; cost ~ v 2^v, so for v <= CUBE_MAX_BITS. Infinity's
+         top_p fixes the confident bits, so a realistic position varies in ~18 of its 32 bits.
+- ball:  each distinct code looks up the codes within Hamming radius R (sorted codes,
+         searchsorted), cost ~ U V(R), V(R) the size of a radius-R ball.
+- flat:  FAISS's binary flat index (popcount over all U^2 pairs, C++) returns the pairs within R.
+
+Ball and flat leave out the pairs farther than R, where R is the least radius whose dropped terms
+are certified to add up to at most DROP_REL of a score (every score is >= 1, its self term; a
+candidate has at most n partners, each below r^(R + 1)).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from math import comb, log
+
+import numpy as np
+
+DROP_REL = 1e-9       # certified share of a score that truncated plans may leave out (100x
+                      # below the float32 rounding of the authors' own code)
+CUBE_MAX_BITS = 24    # cube plan: two dense float64 tables of 2^v entries (256 MiB at 24 bits)
+CUBE_CHUNK_BITS = 6   # bits contracted per GEMM in the cube plan (a 64 x 64 kernel matrix)
+BLOCK = 1 << 22       # elements of one intermediate block (distances, lookups, pairs)
+
+# rough ns per unit of work on one core, to price the plans against each other
+_NS_CUBE = 2.0        # per table entry per bit
+_NS_BALL = 100.0      # per searchsorted lookup
+_NS_FLAT = 0.8        # per pair and 64-bit word (popcount, C++)
+
+
+def binary_bits(u: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """(bits [U, v] bool of the dims that vary, gap g) when every dim of u takes at most two
+    values lo_c, lo_c + g with one g for all varying dims; None otherwise."""
+    lo, hi = u.min(axis=0), u.max(axis=0)
+    varying = hi > lo
+    if not varying.any():
+        return np.zeros((len(u), 0), bool), 0.0
+    gaps = (hi - lo)[varying]
+    if gaps.min() != gaps.max():
+        return None
+    uv, lo, hi = u[:, varying], lo[varying], hi[varying]
+    bits = uv == hi
+    if not (bits | (uv == lo)).all():  # a third value somewhere
+        return None
+    return bits, float(gaps[0])
+
+
+def hamming_kernel_sums(bits: np.ndarray, gap: float, counts: np.ndarray, h: float) -> np.ndarray:
+    """sum_m counts_m exp(-gap^2 H(bits_j, bits_m) / (2 h^2)) for every distinct row j, float64 [U].
+
+    Exact for the cube plan; the ball and flat plans leave out terms certified to add up to at most
+    DROP_REL of each score."""
+    n_unique, v = bits.shape
+    table = np.exp(-(gap * gap / (2.0 * h * h)) * np.arange(v + 1))  # kernel at Hamming 0..v
+    radius = _radius(table, counts.sum())
+    if radius == 0 or n_unique == 1:
+        return counts * table[0]
+    plan = min(_plans(n_unique, v, radius, table[1]), key=lambda p: p[0])[1]
+    if plan == "cube":
+        return _cube_sums(_pack_int(bits), counts, table)
+    if plan == "ball":
+        return _ball_sums(_pack_int(bits), v, counts, table, radius)
+    return _flat_sums(_pack_words(bits), counts, table, radius)
+
+
+def _radius(table: np.ndarray, n: float) -> int:
+    """Least R with n * table[R + 1] <= DROP_REL (all of them when no R short of v does)."""
+    beyond = np.flatnonzero(n * table[1:] <= DROP_REL)
+    return int(beyond[0]) if len(beyond) else len(table) - 1
+
+
+def _plans(n_unique: int, v: int, radius: int, r: float):
+    """(estimated ns, name) of every plan that applies."""
+    yield _NS_FLAT * n_unique * n_unique * -(-v // 64), "flat"
+    # cube: r^v must stay a normal float64 (subnormal arithmetic is ~100x slower)
+    if v <= CUBE_MAX_BITS and v * log(r) > -650:
+        yield _NS_CUBE * v * 2.0**v, "cube"
+    if v <= 64:
+        masks = sum(comb(v, k) for k in range(1, min(radius, v) + 1))
+        yield _NS_BALL * n_unique * masks + 1000.0 * masks, "ball"  # + building the masks
+
+
+def _pack_words(bits: np.ndarray) -> np.ndarray:
+    """Rows as bytes [U, 8 * words], zero-padded to whole 64-bit words (FAISS's fast popcount
+    paths take 8-byte multiples; a 3-byte code is ~5x slower); bit c of the row = dim c."""
+    packed = np.packbits(bits, axis=1, bitorder="little")
+    padded = np.zeros((len(bits), 8 * -(-packed.shape[1] // 8)), np.uint8)
+    padded[:, :packed.shape[1]] = packed
+    return padded
+
+
+def _pack_int(bits: np.ndarray) -> np.ndarray:
+    """Rows of <= 64 bits as uint64 integers (bit c of the integer = dim c)."""
+    return _pack_words(bits).view("<u8")[:, 0].astype(np.uint64)
+
+
+def _cube_sums(codes: np.ndarray, counts: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Counts on the full 2^v cube, convolved with the kernel a chunk of bits at a time: each GEMM
+    contracts the lowest bits of the table index and writes them out as the highest (a transposed
+    store into a second table), so after all v bits the index order is back where it started."""
+    v = len(table) - 1
+    cube, spare = np.zeros(1 << v), np.empty(1 << v)
+    idx = codes.astype(np.intp)
+    cube[idx] = counts
+    done = 0
+    while done < v:
+        b = min(CUBE_CHUNK_BITS, v - done)
+        k = np.arange(1 << b)
+        kernel = table[np.bitwise_count(k[:, None] ^ k[None, :])]  # r^Hamming within the chunk
+        src, dst = cube.reshape(-1, 1 << b), spare.reshape(1 << b, -1)
+        step = max(1, BLOCK // (1 << b))
+        for s in range(0, len(src), step):
+            dst[:, s:s + step] = (src[s:s + step] @ kernel).T
+        cube, spare = spare, cube
+        done += b
+    return cube[idx]
+
+
+def _ball_masks(v: int, k: int) -> np.ndarray:
+    """All uint64 masks with k of the v low bits set."""
+    one = np.uint64(1)
+    return np.array([sum((one << np.uint64(b) for b in c), np.uint64(0))
+                     for c in combinations(range(v), k)], np.uint64)
+
+
+def _ball_sums(codes: np.ndarray, v: int, counts: np.ndarray, table: np.ndarray,
+               radius: int) -> np.ndarray:
+    """Self term plus, for k = 1..radius, the counts of the codes at Hamming distance exactly k,
+    found by flipping every k-subset of the varying bits and looking the result up."""
+    order = np.argsort(codes)
+    sorted_codes, sorted_counts = codes[order], counts[order]
+    out = counts * table[0]
+    step = max(1, BLOCK // len(codes))
+    for k in range(1, min(radius, v) + 1):
+        masks, hits = _ball_masks(v, k), np.zeros(len(codes))
+        for s in range(0, len(masks), step):
+            q = codes[:, None] ^ masks[None, s:s + step]
+            pos = np.minimum(np.searchsorted(sorted_codes, q), len(codes) - 1)
+            hits += np.where(sorted_codes[pos] == q, sorted_counts[pos], 0.0).sum(axis=1)
+        out += table[k] * hits
+    return out
+
+
+def _flat_sums(packed: np.ndarray, counts: np.ndarray, table: np.ndarray, radius: int) -> np.ndarray:
+    """Pairs within the radius from FAISS's binary flat index, queried in blocks so the returned
+    pairs stay bounded (at most BLOCK per block)."""
+    import faiss  # lazy, as in kde.py
+
+    index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
+    index.add(packed)
+    out = np.empty(len(packed))
+    step = max(1, BLOCK // len(packed))
+    for s in range(0, len(packed), step):
+        lims, dist, nbr = index.range_search(packed[s:s + step], radius + 1)  # Hamming < radius + 1
+        query = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.intp)))
+        out[s:s + step] = np.bincount(query, weights=table[dist.astype(np.intp)] * counts[nbr], minlength=len(lims) - 1)
+    return out
