@@ -78,7 +78,9 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     if V <= SMALL_VOCAB:
         # count the cdf entries <= target among the first V - 1: the same index as the clamped
         # searchsorted below, in V - 1 vector compares (Infinity's bitwise classifier: V = 2)
-        idx = (targets[..., None] >= cdf[..., None, :V - 1]).sum(-1)
+        idx = torch.zeros(targets.shape, dtype=torch.int64, device=targets.device)
+        for k in range(V - 1):
+            idx += targets >= cdf[..., k:k + 1]
     else:
         idx = torch.searchsorted(cdf, targets.contiguous(), right=True).clamp_(max=V - 1)
     return idx.transpose(1, 2)

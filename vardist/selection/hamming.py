@@ -56,6 +56,43 @@ def binary_bits(u: np.ndarray) -> tuple[np.ndarray, float] | None:
     return bits, float(gaps[0])
 
 
+def pool_codes(x: np.ndarray) -> np.ndarray | None:
+    """Codes uint64 [P, n] (bit c = dim c; one contiguous row per position) when every entry of
+    x [n, P, d <= 64] is 0 or 1, as Infinity's bit labels are; None otherwise. One blocked pass."""
+    n, P, d = x.shape
+    if d > 64:
+        return None
+    out = np.empty((P, n), np.uint64)
+    step = max(1, BLOCK // (P * d))
+    for s in range(0, n, step):
+        block = x[s:s + step]
+        bits = block != 0
+        if not np.array_equal(block, bits):  # some entry is neither 0 nor 1
+            return None
+        out[:, s:s + step] = _pack_int(bits.reshape(-1, d)).reshape(-1, P).T
+    return out
+
+
+def unique_codes(codes: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct rows float64 [U, d], inverse [n], counts float64 [U]) of one position's codes:
+    the grouping kde.py's _unique_rows gives, from integers."""
+    n = len(codes)
+    if d <= 32 and n <= 1 << 32:
+        # code and index in one uint64: a plain (SIMD) sort instead of an argsort, ~2.5x faster
+        keyed = np.sort((codes << np.uint64(32)) | np.arange(n, dtype=np.uint64))
+        order, sorted_codes = (keyed & np.uint64(0xFFFFFFFF)).astype(np.intp), keyed >> np.uint64(32)
+    else:
+        order = np.argsort(codes)
+        sorted_codes = codes[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_codes[1:] != sorted_codes[:-1])))
+    counts = np.diff(np.append(starts, n))
+    inv = np.empty(n, np.intp)
+    inv[order] = np.repeat(np.arange(len(starts)), counts)
+    distinct = np.ascontiguousarray(sorted_codes[starts], dtype="<u8").view(np.uint8).reshape(-1, 8)
+    rows = np.unpackbits(distinct, axis=1, count=d, bitorder="little")
+    return rows.astype(np.float64), inv, counts.astype(np.float64)
+
+
 def hamming_kernel_sums(bits: np.ndarray, gap: float, counts: np.ndarray, h: float) -> np.ndarray:
     """sum_m counts_m exp(-gap^2 H(bits_j, bits_m) / (2 h^2)) for every distinct row j, float64 [U].
 

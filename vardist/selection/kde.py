@@ -33,7 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vardist.selection.hamming import BLOCK, DROP_REL, binary_bits, hamming_kernel_sums
+from vardist.selection.hamming import (BLOCK, DROP_REL, binary_bits, hamming_kernel_sums, pool_codes,
+                                       unique_codes)
 
 METHODS = ("auto", "exact", "grouped", "faiss")
 METRICS = ("l2", "cosine")
@@ -68,9 +69,14 @@ def kde_density(x: np.ndarray, method: str = "auto", bandwidth: float | np.ndarr
     hs = _bandwidth_arg(bandwidth, P)
     if method in ("auto", "exact") and n * n * P * d <= SMALL_POOL_MAX:
         return _small_pool_sums(x, hs, metric)
+    # 0/1 pools (Infinity's bits) are grouped through packed integer codes: one pass over the
+    # pool instead of a projection, a sort and a verification per position
+    codes = pool_codes(x) if method in ("auto", "grouped") and metric == "l2" else None
     out = np.zeros(n)
     for i in range(P):
-        out += _position_sums(_position(x, i, metric), None if hs is None else hs[i], method,
+        xi = _position(x, i, metric)
+        groups = _unique_rows(xi) if codes is None or method == "exact" else unique_codes(codes[i], d)
+        out += _position_sums(xi, groups, None if hs is None else hs[i], method,
                               int(k_neighbors), int(nprobe))
     return out
 
@@ -143,11 +149,13 @@ def _small_pool_sums(x: np.ndarray, hs: np.ndarray | None, metric: str) -> np.nd
     return np.exp(sq, out=sq).sum(axis=(0, 2))
 
 
-def _position_sums(xi: np.ndarray, h: float | None, method: str, k: int, nprobe: int) -> np.ndarray:
+def _position_sums(xi: np.ndarray, groups, h: float | None, method: str, k: int,
+                   nprobe: int) -> np.ndarray:
+    """Scores at one position; groups: (distinct rows float64, inverse, counts) of xi."""
     if method == "exact":
         xi = np.ascontiguousarray(xi, dtype=np.float64)
         return _kernel_sums(xi, xi, None, _silverman(xi) if h is None else h)
-    u, inv, counts = _unique_rows(xi)
+    u, inv, counts = groups
     if h is None:
         h = _silverman(u, counts)
     if method == "faiss":
