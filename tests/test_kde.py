@@ -331,3 +331,16 @@ def test_small_pool_path_equals_the_per_position_path(monkeypatch, metric):
     np.testing.assert_allclose(small, kde_density(x, "exact", metric=metric), rtol=1e-9)
     np.testing.assert_allclose(kde_density(x, "auto", bandwidth=0.5, metric=metric),
                                kde_density(x, "grouped", bandwidth=0.5, metric=metric), rtol=1e-9)
+
+
+@pytest.mark.parametrize("pool", ["tokens", "bits"])
+def test_thread_count_does_not_change_a_bit(monkeypatch, pool):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(kde, "PARALLEL_MIN", 0)  # positions on threads even for a small pool
+    monkeypatch.setattr(kde, "SMALL_POOL_MAX", 0)
+    monkeypatch.setattr(kde, "_blas_threads", lambda: 3)  # more threads than this box has cores
+    x = token_pool(400, 7, seed=5) if pool == "tokens" else bit_pool(400, 7, seed=5)
+    threaded = kde_density(x)
+    with threadpoolctl.threadpool_limits(1):
+        monkeypatch.setattr(kde, "_blas_threads", lambda: 1)
+        np.testing.assert_array_equal(kde_density(x), threaded)

@@ -29,6 +29,8 @@ metric="cosine" L2-normalises every per-position vector first (zero vectors stay
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -72,13 +74,14 @@ def kde_density(x: np.ndarray, method: str = "auto", bandwidth: float | np.ndarr
     # 0/1 pools (Infinity's bits) are grouped through packed integer codes: one pass over the
     # pool instead of a projection, a sort and a verification per position
     codes = pool_codes(x) if method in ("auto", "grouped") and metric == "l2" else None
-    out = np.zeros(n)
-    for i in range(P):
+
+    def position(i: int) -> np.ndarray:
         xi = _position(x, i, metric)
         groups = _unique_rows(xi) if codes is None or method == "exact" else unique_codes(codes[i], d)
-        out += _position_sums(xi, groups, None if hs is None else hs[i], method,
+        return _position_sums(xi, groups, None if hs is None else hs[i], method,
                               int(k_neighbors), int(nprobe))
-    return out
+
+    return _sum_positions(position, P, parallel=n * P * d >= PARALLEL_MIN)
 
 
 def pooled_bandwidth(xs: np.ndarray | Sequence[np.ndarray], metric: str = "l2") -> np.ndarray:
@@ -147,6 +150,41 @@ def _small_pool_sums(x: np.ndarray, hs: np.ndarray | None, metric: str) -> np.nd
     np.maximum(sq, 0.0, out=sq)                                # [P, n, n] squared distances
     sq *= (-0.5 / hs**2)[:, None, None]
     return np.exp(sq, out=sq).sum(axis=(0, 2))
+
+
+PARALLEL_MIN = 1 << 20     # pools with n P d at least this score positions on several threads
+
+
+def _sum_positions(score, P: int, parallel: bool) -> np.ndarray:
+    """sum_i score(i) over the positions. Positions are independent and mostly small GEMMs and
+    sorts, which parallelise far better across positions than inside one BLAS call: with
+    `parallel`, as many threads as BLAS may use each take whole positions, with BLAS and OpenMP
+    (FAISS) held to one thread meanwhile. Summed in position order either way, so the result does
+    not depend on the thread count."""
+    workers = min(P, _blas_threads()) if parallel else 1
+    if workers <= 1:
+        parts = map(score, range(P))
+    else:
+        with _thread_controller().limit(limits=1), ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(score, range(P)))
+    out = None
+    for part in parts:
+        out = part.copy() if out is None else out + part
+    return out
+
+
+@lru_cache(maxsize=1)
+def _thread_controller():
+    import faiss  # noqa: F401 (loaded first, so that its OpenMP and BLAS are under control too)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _blas_threads() -> int:
+    """Threads BLAS may use now (the user's or threadpoolctl's limit, else its default)."""
+    counts = [lib["num_threads"] for lib in _thread_controller().info() if lib["user_api"] == "blas"]
+    return max(counts, default=1)
 
 
 def _position_sums(xi: np.ndarray, groups, h: float | None, method: str, k: int,
