@@ -12,17 +12,16 @@ std mean over the batch of items too: `pooled_bandwidth`). Methods, per position
 - grouped: the same sums over the U distinct vectors of the position with their counts.
            Dense: O(U^2 d), float64 exp only on terms that can matter (the skipped ones are
            certified to add up to < 1e-9 of a score); VAR tokens give U <= #codebook rows
-           whatever n is. Split: the Gaussian kernel factorises over two halves of the dims, so
-           the scores are entries of K_A W K_B over the H and L distinct half-vectors (W: the
-           counts), all GEMMs, exact; bits give H, L ~ sqrt(U). The cheaper plan is priced and
-           picked per position.
+           whatever n is. Binary vectors (Infinity's bits; 0/1 pools are grouped through packed
+           integer codes): Hamming-distance plans with a kernel lookup table, see hamming.py.
 - faiss:   per distinct vector, its k nearest distinct vectors from a FAISS index (flat; IVF for
            many distinct vectors; on the GPU when faiss has GPUs), kernel weighted by counts and
            computed from exact float64 distances. A lower bound: the dropped tail is at most
            (n - found) * exp(-D_k / (2 h^2)), zero once k covers the non-negligible neighbours.
-- auto:    grouped, unless a position's split plan costs more than AUTO_SPLIT_COST_MAX GEMM flops
-           and its dense plan more than AUTO_COST_MAX (many distinct continuous vectors): then
-           faiss with an IVF index for that position (approximate).
+- auto:    grouped, unless a continuous position's dense plan costs more than AUTO_COST_MAX
+           (many distinct continuous vectors): then faiss with an IVF index for that position
+           (approximate).
+Large pools are scored on several threads, whole positions each (_sum_positions).
 metric="cosine" L2-normalises every per-position vector first (zero vectors stay zero), so
 ||a - b||^2 = 2 - 2 cos(a, b); the bandwidth is then computed on the normalised vectors.
 """
