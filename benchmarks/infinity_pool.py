@@ -4,12 +4,15 @@ image itself (prefix scales 0-2, then scales 3-6 and the VAE decode).
 
     python benchmarks/infinity_pool.py                 # n = 500 3000 10000, one prompt
     python benchmarks/infinity_pool.py --n 3000 --repeats 3
+    python benchmarks/infinity_pool.py --n 3000 --e2e 16   # + vardist.search end to end, 16 prompts
 
 Columns: seconds to draw the pool (CFG-mixed logits computed once, bits drawn in chunks), the KDE
 (vardist.selection.kde_density, method auto) and the rule (strategy "infinity"), their sum as a
 share of the image time, and the extra peak resident memory of the search step (VmHWM reset
 through /proc/self/clear_refs; "n/a" where the kernel does not allow it). Each n runs in a fresh
 process so that peaks do not hide each other. Goal (issue 7): the search adds under 5% at n = 3000.
+With --e2e, also the wall time of whole `vardist.search` runs with and without the search: the
+local engine selects on a helper thread while the model works on the neighbouring batches.
 
 The tiny model's transformer is ~1000x cheaper than Infinity-2B while the pool/KDE cost depends
 only on n, P = 36 and d = 32, so on the tiny model the share is an upper bound of the 2B share
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import time
 
 PROMPT = "a photo of a red car and a blue bench"
@@ -90,6 +94,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[500, 3000, 10000])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--e2e", type=int, default=0, metavar="PROMPTS",
+                    help="also time vardist.search end to end on this many GenEval prompts, "
+                         "strategy infinity at n = 3000 vs none")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     print("infinity-tiny, scale 3 (6x6 = 36 positions x 32 bits), cfg 4, top_p 0.97, strategy infinity, "
@@ -111,6 +118,41 @@ def main() -> None:
         print(f"{n:>6} {t_pool:>8.3f} {t_kde:>8.3f} {t_sel:>9.4f} {search:>9.3f} {image:>8.3f} "
               f"{100 * search / image:>12.1f}% {mem:>14}")
     print("image s = prefix (scales 0-2) + finishing (scales 3-6 from the chosen map, VAE decode)")
+    if args.e2e:
+        end_to_end(args.e2e, max(args.n) if 3000 not in args.n else 3000, args.repeats)
+
+
+def end_to_end(prompts: int, n: int, repeats: int) -> None:
+    """Wall time of `vardist.search` (local engine, GenEval layout written) with the search
+    against plain sampling: the engine selects on a helper thread while the model draws the next
+    batch's pool and finishes the previous batch, so this is what the search adds to a run."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import vardist
+    from vardist.models import load
+
+    model = load("infinity-tiny", device="cpu")
+    shared = Path(os.environ.get("VARDIST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    geneval = shared / "data" / "geneval.jsonl"
+    lines = [json.loads(x)["prompt"] for x in geneval.read_text().splitlines()[:prompts]] \
+        if geneval.exists() else [f"{PROMPT} {i}" for i in range(prompts)]
+
+    def run(strategy: str, m: int) -> float:
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            vardist.search(model, prompts=lines, samples=1, n=m, strategy=strategy, out=out,
+                           batch_size=4)
+            return time.perf_counter() - t0
+
+    run("infinity", n)  # warm-up
+    best = {key: min(run(*key) for _ in range(max(1, repeats))) for key in (("none", 1), ("infinity", n))}
+    base = best["none", 1]
+    print(f"\nend to end: vardist.search, local engine, {prompts} GenEval prompts x 1 image, batch 4")
+    print(f"{'strategy':<10} {'n':>5} {'wall s':>8} {'vs none':>8}")
+    for (strategy, m), wall in best.items():
+        print(f"{strategy:<10} {m:>5} {wall:>8.2f} {wall / base:>7.3f}x")
 
 
 if __name__ == "__main__":
