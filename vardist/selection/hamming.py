@@ -34,9 +34,9 @@ CUBE_CHUNK_BITS = 6   # bits contracted per GEMM in the cube plan (a 64 x 64 ker
 BLOCK = 1 << 22       # elements of one intermediate block (distances, lookups, pairs)
 
 # rough ns per unit of work on one core, to price the plans against each other
-_NS_CUBE = 2.0        # per table entry per bit
-_NS_BALL = 100.0      # per searchsorted lookup
-_NS_FLAT = 0.8        # per pair and 64-bit word (popcount, C++)
+_NS_CUBE = 3.4        # per table entry per bit
+_NS_BALL = 65.0       # per searchsorted lookup
+_NS_FLAT = 1.2        # per pair and 64-bit word (popcount, C++)
 
 
 def binary_bits(u: np.ndarray) -> tuple[np.ndarray, float] | None:
