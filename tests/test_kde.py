@@ -79,16 +79,22 @@ def test_exact_is_blocked_without_changing_numbers(monkeypatch):
 
 
 def only_plan(monkeypatch, name):
-    """Make the Hamming planner offer just one plan."""
+    """Make the Hamming planner offer just one plan (which must apply)."""
     offered = hamming._plans
-    monkeypatch.setattr(hamming, "_plans", lambda *a: [p for p in offered(*a) if p[1] == name])
+
+    def plans(*args):
+        kept = [p for p in offered(*args) if p[1] == name]
+        assert kept, f"plan {name} does not apply to {args}"
+        return kept
+
+    monkeypatch.setattr(hamming, "_plans", plans)
 
 
 def uniform_bits(n, P, d, seed=0):
     return (np.random.default_rng(seed).random((n, P, d)) < 0.5).astype(np.float32)
 
 
-@pytest.mark.parametrize("pool", ["tokens", "bits", "bits-cube", "bits-ball", "bits-flat", "continuous"])
+@pytest.mark.parametrize("pool", ["tokens", "bits", "bits-cube", "bits-join", "bits-flat", "continuous"])
 def test_grouped_equals_exact(pool, monkeypatch):
     if pool.startswith("bits-"):
         only_plan(monkeypatch, pool[5:])
@@ -100,17 +106,38 @@ def test_grouped_equals_exact(pool, monkeypatch):
     np.testing.assert_allclose(kde_density(x, "auto"), exact, rtol=1e-6)
 
 
-@pytest.mark.parametrize("plan", ["cube", "ball", "flat"])
+@pytest.mark.parametrize("plan", ["cube", "flat"])
 @pytest.mark.parametrize("bandwidth", [None, 0.5, 2.0])
 def test_hamming_plans_equal_exact_on_uniform_bits(monkeypatch, plan, bandwidth):
-    # uniform bits with Silverman's h put real weight at Hamming 1-4, a wide h on every pair
+    # uniform bits with Silverman's h put real weight at Hamming 1-5, a wide h on every pair
     only_plan(monkeypatch, plan)
-    x = uniform_bits(700, 2, 12, seed=2)  # 12 bits: a wide h makes the ball the whole cube
+    x = uniform_bits(700, 2, 12, seed=2)
     exact = kde_density(x, "exact", bandwidth=bandwidth)
     got = kde_density(x, "grouped", bandwidth=bandwidth)
     assert np.abs(got / exact - 1).max() <= hamming.DROP_REL  # certified truncation bound
     if plan == "cube":  # no truncation at all
         np.testing.assert_allclose(got, exact, rtol=1e-12)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_join_is_the_sum_within_its_radius(radius):
+    # a wide kernel (r = 0.3) makes every dropped term visible: exactly Hamming <= radius counts
+    rng = np.random.default_rng(radius)
+    bits = np.unique(rng.random((400, 10)) < 0.5, axis=0)
+    counts = rng.integers(1, 5, len(bits)).astype(np.float64)
+    table = 0.3 ** np.arange(11)
+    ham = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    want = ((ham <= radius) * table[ham] * counts[None, :]).sum(1)
+    got = hamming._join_sums(hamming._pack_int(bits), counts, table, radius)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
+def test_sort_order_with_and_without_packed_indices():
+    keys = np.random.default_rng(0).integers(0, 1 << 20, 5000).astype(np.uint64)
+    for bits in (20, 60):  # 20 + 13 index bits fit one uint64; 60 + 13 do not
+        order, sorted_keys = hamming.sort_order(keys, bits)
+        np.testing.assert_array_equal(sorted_keys, np.sort(keys))
+        np.testing.assert_array_equal(keys[order], sorted_keys)
 
 
 def test_bits_take_the_hamming_plans_and_tokens_do_not():
@@ -144,7 +171,7 @@ def test_scaled_sign_codes_use_the_gap():
 
 def test_hamming_blocks_do_not_change_numbers(monkeypatch):
     x = uniform_bits(600, 1, 13, seed=4)
-    want = {plan: None for plan in ("cube", "ball", "flat")}
+    want = {plan: None for plan in ("cube", "flat")}
     for plan in want:
         with monkeypatch.context() as m:
             only_plan(m, plan)
@@ -158,7 +185,8 @@ def test_hamming_planner_prices_the_plans():
     plans = lambda *a: min(hamming._plans(*a))[1]
     assert plans(20_000, 18, 1, 1e-8) == "cube"      # many codes over few varying bits
     assert plans(2_000, 32, 8, 1e-2) == "flat"       # few codes, wide radius
-    assert plans(30_000, 40, 1, 1e-8) == "ball"      # too many bits for a cube, narrow kernel
+    assert plans(30_000, 40, 1, 1e-8) == "join"      # too many bits for a cube, narrow kernel
+    assert "join" not in [p[1] for p in hamming._plans(100, 22, 3, 1e-3)]  # radius 3
     assert "cube" not in [p[1] for p in hamming._plans(100, 22, 1, 1e-40)]  # r^v subnormal
 
 

@@ -11,19 +11,19 @@ cheapest is priced and picked per position:
          tensor product of one 2 x 2 matrix [[1, r], [r, 1]] per varying dim, a few bits at a time
          as GEMMs. Exact, no truncation; cost ~ v 2^v, so for v <= CUBE_MAX_BITS. Infinity's
          top_p fixes the confident bits, so a realistic position varies in ~18 of its 32 bits.
-- ball:  each distinct code looks up the codes within Hamming radius R (sorted codes,
-         searchsorted), cost ~ U V(R), V(R) the size of a radius-R ball.
+- join:  for radius 1 or 2, one sort of the codes together with their v one-bit neighbours
+         ("midpoints"): a code equal to a midpoint of x is at distance 1 from x, and two codes
+         sharing a midpoint are at distance 2 (such a pair shares exactly two). Cost ~ U (v + 1).
 - flat:  FAISS's binary flat index (popcount over all U^2 pairs, C++) returns the pairs within R.
 
-Ball and flat leave out the pairs farther than R, where R is the least radius whose dropped terms
+Join and flat leave out the pairs farther than R, where R is the least radius whose dropped terms
 are certified to add up to at most DROP_REL of a score (every score is >= 1, its self term; a
 candidate has at most n partners, each below r^(R + 1)).
 """
 
 from __future__ import annotations
 
-from itertools import combinations
-from math import comb, log
+from math import log
 
 import numpy as np
 
@@ -35,7 +35,7 @@ BLOCK = 1 << 22       # elements of one intermediate block (distances, lookups, 
 
 # rough ns per unit of work on one core, to price the plans against each other
 _NS_CUBE = 3.4        # per table entry per bit
-_NS_BALL = 65.0       # per searchsorted lookup
+_NS_JOIN = 60.0       # per sorted entry (code or midpoint), sort and segment sums
 _NS_FLAT = 1.2        # per pair and 64-bit word (popcount, C++)
 
 
@@ -77,13 +77,7 @@ def unique_codes(codes: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.
     """(distinct rows float64 [U, d], inverse [n], counts float64 [U]) of one position's codes:
     the grouping kde.py's _unique_rows gives, from integers."""
     n = len(codes)
-    if d <= 32 and n <= 1 << 32:
-        # code and index in one uint64: a plain (SIMD) sort instead of an argsort, ~2.5x faster
-        keyed = np.sort((codes << np.uint64(32)) | np.arange(n, dtype=np.uint64))
-        order, sorted_codes = (keyed & np.uint64(0xFFFFFFFF)).astype(np.intp), keyed >> np.uint64(32)
-    else:
-        order = np.argsort(codes)
-        sorted_codes = codes[order]
+    order, sorted_codes = sort_order(codes, d)
     starts = np.flatnonzero(np.concatenate(([True], sorted_codes[1:] != sorted_codes[:-1])))
     counts = np.diff(np.append(starts, n))
     inv = np.empty(n, np.intp)
@@ -93,10 +87,21 @@ def unique_codes(codes: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.
     return rows.astype(np.float64), inv, counts.astype(np.float64)
 
 
+def sort_order(keys: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, keys[order]) of uint64 keys below 2^bits. When key and index fit one uint64
+    together, a plain (SIMD) sort of key << b | index replaces the argsort: ~2x faster."""
+    shift = max(1, (len(keys) - 1).bit_length())
+    if bits + shift > 64:
+        order = np.argsort(keys)
+        return order, keys[order]
+    keyed = np.sort((keys << np.uint64(shift)) | np.arange(len(keys), dtype=np.uint64))
+    return (keyed & np.uint64((1 << shift) - 1)).astype(np.intp), keyed >> np.uint64(shift)
+
+
 def hamming_kernel_sums(bits: np.ndarray, gap: float, counts: np.ndarray, h: float) -> np.ndarray:
     """sum_m counts_m exp(-gap^2 H(bits_j, bits_m) / (2 h^2)) for every distinct row j, float64 [U].
 
-    Exact for the cube plan; the ball and flat plans leave out terms certified to add up to at most
+    Exact for the cube plan; the join and flat plans leave out terms certified to add up to at most
     DROP_REL of each score."""
     n_unique, v = bits.shape
     table = np.exp(-(gap * gap / (2.0 * h * h)) * np.arange(v + 1))  # kernel at Hamming 0..v
@@ -106,8 +111,8 @@ def hamming_kernel_sums(bits: np.ndarray, gap: float, counts: np.ndarray, h: flo
     plan = min(_plans(n_unique, v, radius, table[1]), key=lambda p: p[0])[1]
     if plan == "cube":
         return _cube_sums(_pack_int(bits), counts, table)
-    if plan == "ball":
-        return _ball_sums(_pack_int(bits), v, counts, table, radius)
+    if plan == "join":
+        return _join_sums(_pack_int(bits), counts, table, radius)
     return _flat_sums(_pack_words(bits), counts, table, radius)
 
 
@@ -123,9 +128,8 @@ def _plans(n_unique: int, v: int, radius: int, r: float):
     # cube: r^v must stay a normal float64 (subnormal arithmetic is ~100x slower)
     if v <= CUBE_MAX_BITS and v * log(r) > -650:
         yield _NS_CUBE * v * 2.0**v, "cube"
-    if v <= 64:
-        masks = sum(comb(v, k) for k in range(1, min(radius, v) + 1))
-        yield _NS_BALL * n_unique * masks + 1000.0 * masks, "ball"  # + building the masks
+    if radius <= 2 and v <= 64:
+        yield _NS_JOIN * n_unique * (v + 1), "join"
 
 
 def _pack_words(bits: np.ndarray) -> np.ndarray:
@@ -164,28 +168,22 @@ def _cube_sums(codes: np.ndarray, counts: np.ndarray, table: np.ndarray) -> np.n
     return cube[idx]
 
 
-def _ball_masks(v: int, k: int) -> np.ndarray:
-    """All uint64 masks with k of the v low bits set."""
-    one = np.uint64(1)
-    return np.array([sum((one << np.uint64(b) for b in c), np.uint64(0))
-                     for c in combinations(range(v), k)], np.uint64)
-
-
-def _ball_sums(codes: np.ndarray, v: int, counts: np.ndarray, table: np.ndarray,
-               radius: int) -> np.ndarray:
-    """Self term plus, for k = 1..radius, the counts of the codes at Hamming distance exactly k,
-    found by flipping every k-subset of the varying bits and looking the result up."""
-    order = np.argsort(codes)
-    sorted_codes, sorted_counts = codes[order], counts[order]
-    out = counts * table[0]
-    step = max(1, BLOCK // len(codes))
-    for k in range(1, min(radius, v) + 1):
-        masks, hits = _ball_masks(v, k), np.zeros(len(codes))
-        for s in range(0, len(masks), step):
-            q = codes[:, None] ^ masks[None, s:s + step]
-            pos = np.minimum(np.searchsorted(sorted_codes, q), len(codes) - 1)
-            hits += np.where(sorted_codes[pos] == q, sorted_counts[pos], 0.0).sum(axis=1)
-        out += table[k] * hits
+def _join_sums(codes: np.ndarray, counts: np.ndarray, table: np.ndarray, radius: int) -> np.ndarray:
+    """Self term plus the counts at Hamming distance 1 and (radius 2) 2, from one sort of the
+    codes and their one-bit neighbours (see the module docstring)."""
+    U, v = len(codes), len(table) - 1
+    mids = codes[:, None] ^ (np.uint64(1) << np.arange(v, dtype=np.uint64))  # [U, v]
+    keys = np.concatenate([mids.ravel(), codes])
+    order, sorted_keys = sort_order(keys, v)
+    group = np.empty(len(keys), np.intp)
+    group[order] = np.cumsum(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1]))) - 1
+    mid_group = group[:U * v].reshape(U, v)
+    present = np.bincount(group[U * v:], weights=counts, minlength=group.max() + 1)  # code == key
+    out = counts * table[0] + table[1] * present[mid_group].sum(axis=1)
+    if radius >= 2:
+        members = np.bincount(mid_group.ravel(), weights=np.repeat(counts, v), minlength=len(present))
+        # every partner at distance 2 shares two midpoints with x; x itself is in all v of them
+        out += table[2] * 0.5 * (members[mid_group].sum(axis=1) - v * counts)
     return out
 
 
