@@ -4,7 +4,7 @@ When every dim of a position takes at most two values lo_c and lo_c + g (one gap
 that vary: 0/1 bits, +-1 codes, +-1/sqrt(d) BSQ codes), ||a - b||^2 = g^2 H(a, b) with H the
 Hamming distance, so the authors' kernel is exp(-g^2 H / (2 h^2)) = r^H with
 r = exp(-g^2 / (2 h^2)): a lookup in a table of v + 1 values (v: the dims that vary), no exp per
-pair. Three exact plans for the sums over the U distinct vectors, weighted by their counts; the
+pair. Three plans for the sums over the U distinct vectors, weighted by their counts; the
 cheapest is priced and picked per position:
 
 - cube:  scatter the counts into a dense table over all 2^v codes and apply the kernel, which is a
@@ -199,5 +199,6 @@ def _flat_sums(packed: np.ndarray, counts: np.ndarray, table: np.ndarray, radius
     for s in range(0, len(packed), step):
         lims, dist, nbr = index.range_search(packed[s:s + step], radius + 1)  # Hamming < radius + 1
         query = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.intp)))
-        out[s:s + step] = np.bincount(query, weights=table[dist.astype(np.intp)] * counts[nbr], minlength=len(lims) - 1)
+        terms = table[dist.astype(np.intp)] * counts[nbr]
+        out[s:s + step] = np.bincount(query, weights=terms, minlength=len(lims) - 1)
     return out
