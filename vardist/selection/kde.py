@@ -164,7 +164,10 @@ def _sum_positions(score, P: int, parallel: bool) -> np.ndarray:
     if workers <= 1:
         parts = map(score, range(P))
     else:
-        with _thread_controller().limit(limits=1), ThreadPoolExecutor(workers) as pool:
+        # BLAS's thread count is process-wide; OpenMP's (FAISS) is per calling thread, so each
+        # worker sets its own
+        with _thread_controller().limit(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(workers, initializer=_one_openmp_thread) as pool:
             parts = list(pool.map(score, range(P)))
     out = None
     for part in parts:
@@ -178,6 +181,12 @@ def _thread_controller():
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+def _one_openmp_thread() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
 
 
 def _blas_threads() -> int:
