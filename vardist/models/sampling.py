@@ -26,10 +26,14 @@ class ItemStream:
         self._gen = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, scale])))
         self.rows_drawn = 0
 
-    def rows(self, m: int, width: int) -> np.ndarray:
-        """The next m rows of `width` uniforms each, float64 [m, width]."""
+    def rows(self, m: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The next m rows of `width` uniforms each, float64 [m, width] (written into `out`, a
+        C-contiguous float64 [m, width] array, when given)."""
+        if out is None:
+            out = np.empty((m, width))
+        self._gen.random(out=out)
         self.rows_drawn += m
-        return self._gen.random((m, width))
+        return out
 
 
 def item_stream(seed: int, scale: int) -> ItemStream:
@@ -39,7 +43,9 @@ def item_stream(seed: int, scale: int) -> ItemStream:
 def batch_uniforms(streams: Sequence[ItemStream], m: int, width: int,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """The next m rows of every item's stream, float64 [B, m, width] on `device`."""
-    u = np.stack([s.rows(m, width) for s in streams])
+    u = np.empty((len(streams), m, width))
+    for s, rows in zip(streams, u):
+        s.rows(m, width, out=rows)
     return torch.from_numpy(u).to(device)
 
 
@@ -74,13 +80,16 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     B, P, V = logits.shape
     probs = torch.softmax(logits.double(), dim=-1)
     cdf = probs.cumsum(dim=-1)
-    targets = uniforms.to(cdf.device, torch.float64).transpose(1, 2) * cdf[..., -1:]
+    uniforms = uniforms.to(cdf.device, torch.float64)
     if V <= SMALL_VOCAB:
         # count the cdf entries <= target among the first V - 1: the same index as the clamped
-        # searchsorted below, in V - 1 vector compares (Infinity's bitwise classifier: V = 2)
-        idx = torch.zeros(targets.shape, dtype=torch.int64, device=targets.device)
-        for k in range(V - 1):
-            idx += targets >= cdf[..., k:k + 1]
-    else:
-        idx = torch.searchsorted(cdf, targets.contiguous(), right=True).clamp_(max=V - 1)
+        # searchsorted below, in V - 1 vector compares over [B, m, P] (no transposes); the
+        # Infinity bitwise classifier has V = 2: one compare
+        targets = uniforms * cdf[:, None, :, -1]
+        idx = (targets >= cdf[:, None, :, 0]).long()
+        for k in range(1, V - 1):
+            idx += targets >= cdf[:, None, :, k]
+        return idx
+    targets = uniforms.transpose(1, 2) * cdf[..., -1:]
+    idx = torch.searchsorted(cdf, targets.contiguous(), right=True).clamp_(max=V - 1)
     return idx.transpose(1, 2)
