@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vardist.selection import METHODS, kde_density, log_kde_density, pooled_bandwidth
-from vardist.selection import hamming, kde
+from vardist.selection import grouping, hamming, kde
 from vardist.selection.synthetic import bit_pool, token_pool
 
 
@@ -135,7 +135,7 @@ def test_join_is_the_sum_within_its_radius(radius):
 def test_sort_order_with_and_without_packed_indices():
     keys = np.random.default_rng(0).integers(0, 1 << 20, 5000).astype(np.uint64)
     for bits in (20, 60):  # 20 + 13 index bits fit one uint64; 60 + 13 do not
-        order, sorted_keys = hamming.sort_order(keys, bits)
+        order, sorted_keys = grouping.sort_order(keys, bits)
         np.testing.assert_array_equal(sorted_keys, np.sort(keys))
         np.testing.assert_array_equal(keys[order], sorted_keys)
 

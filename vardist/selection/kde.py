@@ -28,12 +28,14 @@ metric="cosine" L2-normalises every per-position vector first (zero vectors stay
 
 from __future__ import annotations
 
+import operator
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, reduce
 from typing import Sequence
 
 import numpy as np
 
+from vardist.selection.grouping import sorted_runs
 from vardist.selection.hamming import (BLOCK, DROP_REL, binary_bits, hamming_kernel_sums, pool_codes,
                                        unique_codes)
 
@@ -75,10 +77,12 @@ def kde_density(x: np.ndarray, method: str = "auto", bandwidth: float | np.ndarr
     codes = pool_codes(x) if method in ("auto", "grouped") and metric == "l2" else None
 
     def position(i: int) -> np.ndarray:
-        xi = _position(x, i, metric)
-        groups = _unique_rows(xi) if codes is None or method == "exact" else unique_codes(codes[i], d)
-        return _position_sums(xi, groups, None if hs is None else hs[i], method,
-                              int(k_neighbors), int(nprobe))
+        xi, h = _position(x, i, metric), None if hs is None else hs[i]
+        if method == "exact":
+            xi = np.ascontiguousarray(xi, dtype=np.float64)
+            return _kernel_sums(xi, xi, None, _silverman(xi) if h is None else h)
+        groups = _unique_rows(xi) if codes is None else unique_codes(codes[i], d)
+        return _grouped_sums(*groups, h, method, int(k_neighbors), int(nprobe))
 
     return _sum_positions(position, P, parallel=n * P * d >= PARALLEL_MIN)
 
@@ -169,10 +173,7 @@ def _sum_positions(score, P: int, parallel: bool) -> np.ndarray:
         with _thread_controller().limit(limits=1, user_api="blas"), \
                 ThreadPoolExecutor(workers, initializer=_one_openmp_thread) as pool:
             parts = list(pool.map(score, range(P)))
-    out = None
-    for part in parts:
-        out = part.copy() if out is None else out + part
-    return out
+    return reduce(operator.add, parts)
 
 
 @lru_cache(maxsize=1)
@@ -195,13 +196,9 @@ def _blas_threads() -> int:
     return max(counts, default=1)
 
 
-def _position_sums(xi: np.ndarray, groups, h: float | None, method: str, k: int,
-                   nprobe: int) -> np.ndarray:
-    """Scores at one position; groups: (distinct rows float64, inverse, counts) of xi."""
-    if method == "exact":
-        xi = np.ascontiguousarray(xi, dtype=np.float64)
-        return _kernel_sums(xi, xi, None, _silverman(xi) if h is None else h)
-    u, inv, counts = groups
+def _grouped_sums(u: np.ndarray, inv: np.ndarray, counts: np.ndarray, h: float | None, method: str,
+                  k: int, nprobe: int) -> np.ndarray:
+    """Scores at one position from its grouping: distinct rows u (float64), inverse, counts."""
     if h is None:
         h = _silverman(u, counts)
     if method == "faiss":
@@ -209,9 +206,9 @@ def _position_sums(xi: np.ndarray, groups, h: float | None, method: str, k: int,
     binary = binary_bits(u)
     if binary is not None:  # bits: Hamming-distance plans, no exp per pair (hamming.py)
         return hamming_kernel_sums(*binary, counts, h)[inv]
-    if method == "grouped" or len(u) ** 2 * xi.shape[1] <= AUTO_COST_MAX:
+    if method == "grouped" or len(u) ** 2 * u.shape[1] <= AUTO_COST_MAX:
         # n terms below DROP_REL / n each add up to < DROP_REL of a score (>= 1, its self term)
-        return _kernel_sums(u, u, counts, h, skip_below=DROP_REL / len(xi))[inv]
+        return _kernel_sums(u, u, counts, h, skip_below=DROP_REL / len(inv))[inv]
     # a flat index would cost the same U^2 as the exact plan: only IVF makes the fallback cheaper
     return _faiss_sums(u, counts, h, k, nprobe, ivf=True)[inv]
 
@@ -289,12 +286,8 @@ def _unique_rows(xi: np.ndarray):
     else:
         key = np.asarray(xi, dtype=np.float64) @ _projection(xi.shape[1], 1)[:, 0]
     order = np.argsort(key)  # unstable is fine: any member of a group can represent it
-    sk = key[order]
-    starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
+    starts, inv, counts = sorted_runs(order, key[order])
     first = order[starts]
-    counts = np.diff(np.append(starts, len(key)))
-    inv = np.empty(len(key), np.intp)
-    inv[order] = np.repeat(np.arange(len(starts)), counts)
     if not np.array_equal(xi[first][inv], xi):
         _, first, inv, counts = np.unique(xi, axis=0, return_index=True, return_inverse=True,
                                           return_counts=True)
