@@ -3,13 +3,21 @@ Python API; all checks and work live in the library."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+from click.core import ParameterSource
+from typer.core import TyperCommand
 
 from vardist._version import __version__
+from vardist.engine import BANDWIDTHS, ENGINES
+from vardist.selection import METHODS as KDE_METHODS
+from vardist.selection import METRICS, STRATEGIES
 
 app = typer.Typer(
     name="vardist",
@@ -40,76 +48,229 @@ def _bad_input(e: Exception) -> typer.BadParameter:
     return typer.BadParameter(str(e), param_hint=hint)
 
 
-@app.command()
+# `vardist search --help` panels
+SEARCH, SAMPLING, MODEL, ENGINE, OUTPUT = "Search", "Sampling", "Model", "Engine", "Output"
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A closed set of option values as the Enum typer turns into a click Choice."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Strategy = _choices("Strategy", STRATEGIES)
+Engine = _choices("Engine", ENGINES)
+Bandwidth = _choices("Bandwidth", BANDWIDTHS)
+KdeMethod = _choices("KdeMethod", KDE_METHODS)
+Metric = _choices("Metric", METRICS)
+
+
+def _listed(values: tuple[str, ...]) -> str:
+    return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return None if choice is None else choice.value
+
+
+# The authors' option names (the VAR-Scaling code's run.py) and ours, for a pointer instead of
+# click's nearest-spelling guess (it offered --samples for --scaling_samples).
+AUTHORS_OPTIONS = {"--scaling_samples": "--n", "--scaling_scale": "--scale",
+                   "--scaling_alpha": "--alpha", "--scaling_rep_num": "--rep"}
+
+
+class _SearchCommand(TyperCommand):
+    """`vardist search`, whose unknown-option error points the authors' option names (and
+    snake_case spellings of ours) to our options."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:
+            name = getattr(e, "option_name", None)
+            ours = {o for p in self.params for o in getattr(p, "opts", [])}
+            hint = AUTHORS_OPTIONS.get(name) if name else None
+            if name and hint is None and name.replace("_", "-") in ours:
+                hint = name.replace("_", "-")
+            if hint is not None:
+                what = ("the authors' run.py option" if name in AUTHORS_OPTIONS
+                        else "spelled with underscores")
+                e.message = f"No such option: {name} ({what}); vardist calls it {hint}"
+                e.possibilities = []
+            raise
+
+
+def _samples(samples: Optional[int], per_class: Optional[int], per_prompt: Optional[int],
+             prompts: Optional[Path]) -> Optional[int]:
+    """--samples, --per-class and --per-prompt are one setting: two of them given (which
+    would win?) or the other kind's name is refused."""
+    given = {name: v for name, v in (("--samples", samples), ("--per-class", per_class),
+                                     ("--per-prompt", per_prompt)) if v is not None}
+    if len(given) > 1:
+        raise typer.BadParameter(
+            f"{' and '.join(f'{k} {v}' for k, v in given.items())} are the same setting "
+            f"(images per class or prompt): give one", param_hint=f"'{next(iter(given))}'")
+    if per_class is not None and prompts is not None:
+        raise typer.BadParameter(f"--per-class {per_class} is for class runs; this run has "
+                                 f"--prompts: use --per-prompt or --samples",
+                                 param_hint="'--per-class'")
+    if per_prompt is not None and prompts is None:
+        raise typer.BadParameter(f"--per-prompt {per_prompt} is for prompt runs; this run has "
+                                 f"no --prompts: use --per-class or --samples",
+                                 param_hint="'--per-prompt'")
+    return next(iter(given.values()), None)
+
+
+@app.command(cls=_SearchCommand)
 def search(
-    model: str = typer.Option("toy-digits", help="Registry name (see `vardist models`)."),
+    ctx: typer.Context,
+    model: str = typer.Option("toy-digits", help="Registry name (see `vardist models`).",
+                              rich_help_panel=MODEL),
     prompts: Optional[Path] = typer.Option(
-        None, help="GenEval-style JSONL prompt file (one {\"prompt\": ...} object per line)."),
+        None, help="GenEval-style JSONL prompt file (one {\"prompt\": ...} object per line).",
+        rich_help_panel=SEARCH),
     classes: Optional[str] = typer.Option(
-        None, help="Class labels: '0-9', '1,3,5-7' or 'all' (class-conditional models)."),
-    samples: int = typer.Option(4, "--samples", "--per-class", "--per-prompt", min=1,
-                                help="Images per class or prompt."),
-    n: Optional[int] = typer.Option(None, "--n", min=1,
-                                    help="Pool size: candidates drawn at the searched scale."),
-    strategy: Optional[str] = typer.Option(
-        None, help="var-scaling, infinity, top-k, random-k, small-k or none (plain sampling)."),
-    scale: Optional[int] = typer.Option(None, min=0, help="Scale index searched (0-based)."),
+        None, help="Class labels: '0-9', '1,3,5-7' or 'all' (class-conditional models).",
+        rich_help_panel=SEARCH),
+    samples: Optional[int] = typer.Option(
+        None, "--samples",
+        help="Images per class or prompt (default 4; 50 with --preset authors).",
+        rich_help_panel=SEARCH),
+    per_class: Optional[int] = typer.Option(
+        None, "--per-class", help="--samples, for a class run.", rich_help_panel=SEARCH),
+    per_prompt: Optional[int] = typer.Option(
+        None, "--per-prompt", help="--samples, for a prompt run.", rich_help_panel=SEARCH),
+    n: Optional[int] = typer.Option(None, "--n",
+                                    help="Pool size: candidates drawn at the searched scale.",
+                                    rich_help_panel=SEARCH),
+    strategy: Optional[Strategy] = typer.Option(
+        None, help=f"Selection rule: {_listed(STRATEGIES)} (none is plain sampling).",
+        metavar="NAME", rich_help_panel=SEARCH),
+    scale: Optional[int] = typer.Option(None, help="Scale index searched (0-based).",
+                                        rich_help_panel=SEARCH),
     alpha: Optional[float] = typer.Option(
-        None, help="Density-adaptive threshold (> 0): top-k branch when max >= alpha * mean."),
-    rep: Optional[int] = typer.Option(None, min=1, help="Representatives kept (var-scaling)."),
+        None, help="Density-adaptive threshold (> 0): top-k branch when max >= alpha * mean.",
+        rich_help_panel=SEARCH),
+    rep: Optional[int] = typer.Option(None, help="Representatives kept (var-scaling).",
+                                      rich_help_panel=SEARCH),
     conflict_thresh: Optional[float] = typer.Option(
-        None, min=0.0, help="Min L2 distance between representatives (var-scaling)."),
-    k: Optional[int] = typer.Option(None, min=1,
-                                    help="Shortlist of top-k / random-k / small-k / infinity."),
-    cfg: Optional[float] = typer.Option(None, min=0.0, help="Classifier-free guidance strength."),
-    top_k: Optional[int] = typer.Option(None, min=0, help="Top-k sampling filter (0: off)."),
-    top_p: Optional[float] = typer.Option(None, min=0.0, max=1.0,
-                                          help="Top-p sampling filter (0: off)."),
-    tau: Optional[float] = typer.Option(None, help="Softmax temperature (> 0)."),
-    seed: int = typer.Option(0, min=0, help="Run seed; each image's seed derives from it."),
-    out: Path = typer.Option(..., help="Output folder; rerunning on it resumes the run."),
-    batch_size: int = typer.Option(8, min=1, help="Work items per batch."),
+        None, help="Min L2 distance between representatives (var-scaling).",
+        rich_help_panel=SEARCH),
+    k: Optional[int] = typer.Option(None,
+                                    help="Shortlist of top-k / random-k / small-k / infinity.",
+                                    rich_help_panel=SEARCH),
+    cfg: Optional[float] = typer.Option(None, help="Classifier-free guidance strength.",
+                                        rich_help_panel=SAMPLING),
+    top_k: Optional[int] = typer.Option(None, help="Top-k sampling filter (0: off).",
+                                        rich_help_panel=SAMPLING),
+    top_p: Optional[float] = typer.Option(None,
+                                          help="Top-p sampling filter (0: off).",
+                                          rich_help_panel=SAMPLING),
+    tau: Optional[float] = typer.Option(None, help="Softmax temperature (> 0).",
+                                        rich_help_panel=SAMPLING),
+    seed: int = typer.Option(0, help="Run seed; each image's seed derives from it.",
+                             rich_help_panel=SAMPLING),
+    out: Path = typer.Option(..., help="Output folder; rerunning on it resumes the run.",
+                             rich_help_panel=OUTPUT),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Work items per batch (default 8; with --preset authors the samples "
+        "of one class).", rich_help_panel=ENGINE),
     weights: Optional[Path] = typer.Option(
-        None, envvar="VARDIST_WEIGHTS", help="Folder with the model's checkpoint files."),
-    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if present)."),
-    engine: str = typer.Option("local", help="local (one process) or ray."),
+        None, envvar="VARDIST_WEIGHTS", help="Folder with the model's checkpoint files.",
+        rich_help_panel=MODEL),
+    device: Optional[str] = typer.Option(
+        None, help="torch device: cpu, cuda, cuda:N, mps (default: cuda if present).",
+        rich_help_panel=MODEL),
+    engine: Engine = typer.Option("local", help=f"{_listed(ENGINES)}: one process, or Ray "
+                                  "actors.", metavar="NAME",
+                                  rich_help_panel=ENGINE),
     address: Optional[str] = typer.Option(
-        None, help="Ray engine: cluster address (auto, HOST:PORT, ray://HOST:PORT)."),
-    actors: Optional[int] = typer.Option(None, min=1, help="Ray engine: generator actors."),
-    bandwidth: str = typer.Option(
-        "item", help="KDE bandwidth per item, or 'batch' (pooled, as the authors' code)."),
-    kde_method: str = typer.Option("auto", help="auto, exact, grouped or faiss."),
-    metric: str = typer.Option("l2", help="KDE distance: l2 or cosine."),
-    grid: bool = typer.Option(False, help="Also write a grid.png per prompt."),
+        None, help="Ray engine: cluster address (auto, HOST:PORT, ray://HOST:PORT).",
+        rich_help_panel=ENGINE),
+    actors: Optional[int] = typer.Option(None, help="Ray engine: generator actors.",
+                                         rich_help_panel=ENGINE),
+    bandwidth: Optional[Bandwidth] = typer.Option(
+        None, metavar="NAME", help=f"KDE bandwidth, {_listed(BANDWIDTHS)}: per item, or pooled "
+        "over the batch as the authors' code "
+        "(default item; batch with --preset authors).", rich_help_panel=SEARCH),
+    kde_method: KdeMethod = typer.Option("auto", help=f"Density method: {_listed(KDE_METHODS)}.",
+                                         metavar="NAME",
+                                         rich_help_panel=SEARCH),
+    metric: Metric = typer.Option("l2", help=f"KDE distance: {_listed(METRICS)}.",
+                                  metavar="NAME", rich_help_panel=SEARCH),
+    grid: bool = typer.Option(False, "--grid", help="Also write a grid.png per prompt.",
+                              rich_help_panel=OUTPUT),
     log_candidates: bool = typer.Option(
-        False, help="Also log every candidate's density (candidates.parquet)."),
+        False, "--log-candidates", help="Also log every candidate's density (candidates.parquet).",
+        rich_help_panel=OUTPUT),
     schedule: Optional[str] = typer.Option(
-        None, help="FlexVAR: scale schedule as side lengths, e.g. 1,2,3,4,5,6,7,8,9,10,12,14,16."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+        None, help="FlexVAR: scale schedule as side lengths, e.g. 1,2,3,4,5,6,7,8,9,10,12,14,16.",
+        rich_help_panel=MODEL),
+    pool_sampling: Optional[str] = typer.Option(
+        None, help="VAR candidate sampler: iid, or authors (the released code's narrowing one: "
+        "candidate j drawn after j+1 top-p cuts) (default iid; authors with --preset authors).",
+        rich_help_panel=SAMPLING),
+    preset: Optional[str] = typer.Option(
+        None, help="authors: the authors' run.py (VAR) in one flag: --samples 50, one class "
+        "per batch, --bandwidth batch, --pool-sampling authors, scale 1, n 50, alpha 2.3, rep "
+        "10, cfg 1, top-k 900, top-p 0.96. Options given explicitly override it.",
+        rich_help_panel=SEARCH),
+    autocast: Optional[str] = typer.Option(
+        None, help="VAR checkpoints: fp16 = run.py's fp16 autocast with TF32 on CUDA (no-op on "
+        "the CPU) (default off).", rich_help_panel=MODEL),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar.", rich_help_panel=OUTPUT),
+    json_summary: bool = typer.Option(
+        False, "--json", help="Print a JSON summary at the end (counts, seconds, paths, seconds "
+        "per stage) as the only stdout; progress goes to stderr.", rich_help_panel=OUTPUT),
 ) -> None:
     """Search images for classes or prompts and write them (GenEval or class layout), with a
     Parquet run log; rerun the same command to resume."""
     from vardist.api import search as run_search
     from vardist.io.conditions import InputError
+    from vardist.io.outputs import DiskFull
 
     ray_opts = {key: v for key, v in (("address", address), ("actors", actors)) if v is not None}
+    samples = _samples(samples, per_class, per_prompt, prompts)
+    if ctx.get_parameter_source("weights") == ParameterSource.ENVIRONMENT:
+        weights = None  # the library reads $VARDIST_WEIGHTS itself, for models that use it
     start = time.perf_counter()
-    with _ProgressBar(quiet) as bar:
+    with _ProgressBar(quiet, to_stderr=json_summary) as bar:
         try:
             results = run_search(
-                model, prompts=prompts, classes=classes, samples=samples, n=n, strategy=strategy,
+                model, prompts=prompts, classes=classes, samples=samples, n=n,
+                strategy=_value(strategy),
                 scale=scale, alpha=alpha, rep=rep, conflict_thresh=conflict_thresh, k=k, cfg=cfg,
                 top_k=top_k, top_p=top_p, tau=tau, seed=seed, out=out, batch_size=batch_size,
-                weights=weights, device=device, engine=engine, bandwidth=bandwidth,
-                kde_method=kde_method, metric=metric, grid=grid, log_candidates=log_candidates,
-                schedule=_int_list(schedule, "--schedule"), progress=bar.update, **ray_opts)
+                weights=weights, device=device, engine=_value(engine),
+                bandwidth=_value(bandwidth), kde_method=_value(kde_method),
+                metric=_value(metric), grid=grid, log_candidates=log_candidates,
+                schedule=_int_list(schedule, "--schedule"), pool_sampling=pool_sampling,
+                preset=preset, autocast=autocast, progress=bar.update, **ray_opts)
         except InputError as e:
             raise _bad_input(e) from None
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e), param_hint="'--weights'") from None
+        except DiskFull as e:
+            _fail(e)
+    seconds = time.perf_counter() - start
     earlier = sum(r.resumed for r in results)
-    typer.echo(f"{len(results) - earlier} images written, {earlier} already there, to {out} "
-               f"in {time.perf_counter() - start:.1f} s")
+    if json_summary:
+        typer.echo(json.dumps(_summary(results, out, model, seconds), indent=1))
+    else:
+        typer.echo(f"{len(results) - earlier} images written, {earlier} already there, to "
+                   f"{out} in {seconds:.1f} s")
+
+
+def _summary(results, out: Path, model: str, seconds: float) -> dict:
+    """`search --json`: what a program reading the run needs, in one object."""
+    written = sum(not r.resumed for r in results)
+    files = {name: str(out / name) for name in ("run.json", "runlog.parquet",
+                                                "candidates.parquet") if (out / name).is_file()}
+    return {"out": str(out), "model": model, "images": len(results), "written": written,
+            "already_there": len(results) - written, "seconds": round(seconds, 3),
+            "images_per_second": round(written / seconds, 4) if seconds > 0 else None,
+            "stage_seconds": {k: round(v, 4) for k, v in results.stage_seconds().items()},
+            "engine": getattr(results, "stats", None), "files": files,
+            "image_paths": [str(r.path) for r in results]}
 
 
 def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -123,14 +284,27 @@ def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
 
 
 class _ProgressBar:
-    """rich progress: images done / total, images per second, time left."""
+    """Progress of a search: images done / total, images per second, time left. On a terminal
+    a rich progress bar; elsewhere (kubectl logs, ray job logs, a redirected file), where a
+    live bar shows nothing until the end, a plain line at the first update, then every
+    `every_s` seconds, and at the end. Images an earlier run finished do not count towards
+    the speed."""
 
-    def __init__(self, quiet: bool) -> None:
+    every_s = 30.0
+
+    def __init__(self, quiet: bool, to_stderr: bool = False) -> None:
         self.quiet = quiet
+        self.to_stderr = to_stderr  # --json: stdout holds only the summary
+        stream = sys.stderr if to_stderr else sys.stdout
+        self.plain = not quiet and not stream.isatty()
         self.task = None
+        self.start: float | None = None
+        self.done0 = 0
+        self.last_line: float | None = None
+        self.last: tuple[int, int] | None = None
 
     def __enter__(self) -> "_ProgressBar":
-        if not self.quiet:
+        if not self.quiet and not self.plain:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
                                        TextColumn, TimeRemainingColumn)
             from rich.text import Text
@@ -140,66 +314,170 @@ class _ProgressBar:
                     return Text(f"{task.speed:.2f} img/s" if task.speed else "- img/s")
 
             self.progress = Progress(TextColumn("searching"), BarColumn(), MofNCompleteColumn(),
-                                     Speed(), TextColumn("ETA"), TimeRemainingColumn())
+                                     Speed(), TextColumn("ETA"), TimeRemainingColumn(),
+                                     console=_console(self.to_stderr))
             self.progress.start()
         return self
 
     def update(self, done: int, total: int) -> None:
         if self.quiet:
             return
-        if self.task is None:  # images finished by an earlier run do not count towards speed
+        if self.plain:
+            now = time.monotonic()
+            if self.start is None:
+                self.start, self.done0 = now, done
+            self.last = (done, total)
+            if self.last_line is None or now - self.last_line >= self.every_s or done == total:
+                self._line(now)
+        elif self.task is None:  # images finished by an earlier run do not count towards speed
             self.task = self.progress.add_task("search", total=total, completed=done)
         else:
             self.progress.update(self.task, completed=done, total=total)
 
+    def _line(self, now: float) -> None:
+        done, total = self.last
+        elapsed = now - self.start
+        rate = (done - self.done0) / elapsed if elapsed > 0 and done > self.done0 else None
+        eta = (f"{_clock((total - done) / rate)}" if rate else "-") if done < total else "0:00:00"
+        pct = 100 * done / total if total else 100
+        typer.echo(f"[{time.strftime('%H:%M:%S')}] {done}/{total} images ({pct:.0f}%), "
+                   f"{f'{rate:.2f}' if rate else '-'} img/s, ETA {eta}", err=self.to_stderr)
+        self.last_line = now
+
     def __exit__(self, *exc) -> None:
-        if not self.quiet:
+        if self.plain and self.last is not None and self.last_line is not None \
+                and self.last[0] < self.last[1]:
+            self._line(time.monotonic())  # where an interrupted run stopped
+        elif not self.quiet and not self.plain:
             self.progress.stop()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _console(stderr: bool):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
 @app.command()
 def models(
     weights: Optional[Path] = typer.Option(
         None, envvar="VARDIST_WEIGHTS", help="Folder to look for checkpoint files in."),
+    memory: bool = typer.Option(
+        False, "--memory", help="Show the planned GPU memory instead: weights, GB per item and "
+        "the largest batch per GPU size, at each model's default n and scale."),
 ) -> None:
     """List the registered models: family, default search settings, whether weights are found."""
+    if memory:
+        _memory_table()
+        return
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from vardist.models import registry
 
-    table = Table(title="vardist models", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("name", "family", "conditions", "scale", "n", "strategy", "alpha", "cfg",
-                "weights"):
-        table.add_column(col, no_wrap=True)
-    for name, spec in registry.specs().items():
+    specs = registry.specs()
+    rows = []
+    for name, spec in specs.items():
         d = spec.defaults
-        if not spec.files:
-            found = "bundled"
-        else:
-            found = "found" if registry.find_weight_files(spec, weights) is not None else "missing"
-        conds = f"{spec.num_classes} classes" if spec.num_classes else (spec.condition_kind or "?")
-        table.add_row(name, spec.family, conds, str(d.scale), str(d.n), d.strategy,
-                      f"{d.alpha:g}", f"{d.cfg:g}", found)
+        conds = (f"{spec.num_classes} cls" if spec.num_classes
+                 else {"prompt": "text"}.get(spec.condition_kind, spec.condition_kind or "?"))
+        rows.append((name, spec.family, conds, str(d.scale), str(d.n), d.strategy,
+                     f"{d.alpha:g}", f"{d.cfg:g}", _weights_status(spec, weights)))
+    # 80 columns: one space between columns and every column as wide as its widest cell, so
+    # no name or value is cut (75 columns with today's registry)
+    table = Table(title="vardist models", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    header = ("name", "family", "input", "scale", "n", "strategy", "alpha", "cfg", "weights")
+    for i, col in enumerate(header):
+        table.add_column(col, no_wrap=True, min_width=max(len(r[i]) for r in [header, *rows]),
+                         justify="right" if col in ("scale", "n", "alpha", "cfg") else "left")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print("input: class labels (cls) or text prompts. weights: found / missing in "
+                  "--weights or $VARDIST_WEIGHTS; bundled: shipped with vardist; fixture: a "
+                  "test model read from its fixture folder.", highlight=False)
+
+
+def _weights_status(spec, weights: Optional[Path]) -> str:
+    from vardist.models import registry
+
+    if spec.fixture_dir is not None:  # read from a fixture folder, never from --weights
+        try:
+            spec.fixture_dir()
+        except FileNotFoundError:
+            return "missing"
+        return "fixture"
+    if not spec.files:
+        return "bundled"
+    return "found" if registry.find_weight_files(spec, weights) is not None else "missing"
+
+
+def _memory_table() -> None:
+    """`vardist models --memory`: vardist.models.memory's plan, one row per model (80 columns)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from vardist.models import memory, registry
+
+    table = Table(title="planned GPU memory (default n and scale; largest batch per GPU)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("weights GB", justify="right")
+    table.add_column("GB/item", justify="right")
+    for size in memory.GPU_SIZES_GB:
+        table.add_column(f"{size} GB", justify="right")
+    for name, weights, per_item, fits in memory.table_rows(list(registry.specs())):
+        table.add_row(name, weights, per_item, *fits)
     Console().print(table)
+    typer.echo("'-': sizes known only once loaded (fixtures); 0: not even batch 1 fits.\n"
+               "Totals include a 2 GB reserve for the CUDA context (docs/cluster.md).")
 
 
 @app.command()
 def pack(
     out: Path = typer.Argument(..., help="Output folder of a class-layout search."),
     dest: Optional[Path] = typer.Option(None, help="The .npz to write (default: OUT.npz)."),
+    allow_partial: bool = typer.Option(
+        False, help="Pack an incomplete run as it is (default: refuse, naming what is missing)."),
 ) -> None:
     """Pack OUT/images/class_*/*.png into the .npz (uint8 arr_0 [N, H, W, 3]) that the ImageNet
-    FID/IS evaluators take."""
+    FID/IS evaluators take. An incomplete run is refused unless --allow-partial; the ImageNet
+    protocol expects 50 images per class for all 1000 classes."""
+    from vardist.io import outputs
     from vardist.io.conditions import InputError
-    from vardist.io.outputs import pack_npz
 
     try:
-        path, shape = pack_npz(out, dest)
+        missing, expected, _ = outputs.missing_class_images(out)
+        path, shape = outputs.pack_npz(out, dest, allow_partial=allow_partial)
     except InputError as e:
         raise typer.BadParameter(str(e), param_hint="'OUT'") from None
+    except outputs.DiskFull as e:
+        _fail(e)
     typer.echo(f"wrote {path}: arr_0 uint8 {list(shape)}")
+    if missing:
+        typer.echo(f"partial: {len(missing)} of the {expected} images of the run are missing",
+                   err=True)
+    counts = outputs.class_counts(out)
+    if (len(counts) != outputs.IMAGENET_CLASSES
+            or set(counts.values()) != {outputs.IMAGENET_PER_CLASS}):
+        per = sorted(set(counts.values()))
+        typer.echo(f"note: {outputs.IMAGENET_NOTE}; this pack has {len(counts)} classes with "
+                   f"{', '.join(map(str, per))} images each", err=True)
+
+
+def _fail(e: Exception) -> None:
+    """A run-time failure (not a usage error): its message on stderr, exit code 1."""
+    typer.echo(f"Error: {getattr(e, 'strerror', None) or e}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -58,7 +58,7 @@ def test_search_prompts_geneval_layout(built, tmp_path):
     (["--classes", "0", "--alpha", "0"], "'--alpha': alpha must be > 0"),
     (["--classes", "0", "--scale", "9"], "'--scale': scale 9 is beyond"),
     (["--classes", "0", "--n", "0"], "'--n'"),
-    (["--classes", "0", "--strategy", "best"], "'--strategy': unknown strategy 'best'"),
+    (["--classes", "0", "--strategy", "best"], "'best' is not one of 'var-scaling'"),
     (["--model", "nope", "--classes", "0"], "unknown model 'nope'"),
     (["--model", "test-double-weights", "--classes", "0"], "'--weights'"),
     (["--model", "test-double-text", "--prompts", "MISSING"], "'--prompts'"),

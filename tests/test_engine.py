@@ -200,7 +200,7 @@ def test_registered_model_loads_with_spec_defaults(built, tmp_path):
     (dict(model="no-such-model", classes="0"), ValueError, "unknown model 'no-such-model'"),
     (dict(classes="0-10"), InputError, "class 10 is outside this model's range 0..9"),
     (dict(classes="0", n=0), InputError, "n must be >= 1"),
-    (dict(classes="0", n=2.5), InputError, "n must be an integer, got 2.5"),
+    (dict(classes="0", n=2.5), InputError, "n must be an integer, got float 2.5"),
     (dict(classes="0", alpha=0.0), InputError, "alpha must be > 0"),
     (dict(classes="0", scale=4), InputError, "scale 4 is beyond this model's schedule of 4"),
     (dict(classes="0", strategy="best"), InputError, "unknown strategy 'best'"),

@@ -149,9 +149,14 @@ def test_alternative_layouts_load_to_the_same_weights(fixture_parts):
 
 
 def test_unsupported_switch_is_named():
-    with pytest.raises(ValueError, match="apply_spatial_patchify=1"):
-        InfinityConfig.from_kwargs({"depth": 2, "embed_dim": 128, "num_heads": 2, "text_channels": 256,
-                                    "apply_spatial_patchify": 1})
+    base = {"depth": 2, "embed_dim": 128, "num_heads": 2, "text_channels": 256}
+    with pytest.raises(ValueError, match="apply_spatial_patchify=2"):
+        InfinityConfig.from_kwargs({**base, "apply_spatial_patchify": 2})
+    with pytest.raises(ValueError, match="swiglu=True"):
+        InfinityConfig.from_kwargs({**base, "swiglu": True})
+    # the 8B layout (issue 20): 2x2 VAE cells of 14 bits per token
+    cfg = InfinityConfig.from_kwargs({**base, "apply_spatial_patchify": 1}, vae_bits=14)
+    assert (cfg.patch, cfg.d_vae, cfg.vae_bits) == (2, 56, 14)
 
 
 def test_registry_entries_and_missing_weights(tmp_path, monkeypatch):

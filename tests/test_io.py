@@ -157,6 +157,7 @@ def test_runlog_parts_merge_dedupe_and_finished_needs_the_png(tmp_path):
 def test_runlog_resume_refuses_other_settings(tmp_path):
     RunLog(tmp_path).open({"n": 5, "strategy": "var-scaling", "conditions": [[0, 0]]}, {})
     assert RunLog(tmp_path).open({"n": 5, "strategy": "var-scaling", "conditions": [[0, 0]]}, {})
+    (tmp_path / "0000.png").write_bytes(b"")  # an image locks the folder to its settings
     with pytest.raises(ResumeMismatch) as err:
         RunLog(tmp_path).open({"n": 50, "strategy": "var-scaling", "conditions": [[1, 1]]}, {})
     msg = str(err.value)

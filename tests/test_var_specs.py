@@ -31,12 +31,13 @@ def test_full_size_transformer_matches_manifest(manifest, depth):
     assert _shapes(var) == manifest[var_file(depth)]
 
 
-def test_full_size_vae_matches_manifest(manifest):
-    vae_cfg, _ = official_configs(16)
+@pytest.mark.parametrize("depth, side", [(16, 256), (36, 512)])  # d36: the same VAE file at 512px
+def test_full_size_vae_matches_manifest(manifest, depth, side):
+    vae_cfg, _ = official_configs(depth)
     with torch.device("meta"):
         vae = VQVAE(vae_cfg)
     assert _shapes(vae) == manifest[VAE_FILE]
-    assert vae_cfg.image_size == 256
+    assert vae_cfg.image_size == side
 
 
 def test_phi_table_resolves_the_float_tie():

@@ -9,32 +9,38 @@ None for a search setting means the model's paper default (its registry SearchDe
 from __future__ import annotations
 
 import importlib
+import inspect
+import numbers
+import os
+from contextlib import nullcontext
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from vardist.engine.plan import Job, SearchSettings
+from vardist.engine import ENGINES
+from vardist.engine.plan import (Job, SearchSettings, check_plan_size, check_pool_memory,
+                                 check_schedule_memory, memory_budget)
 from vardist.engine.results import Recorder, SearchResults
 from vardist.io.conditions import (InputError, parse_classes, prompts_from_strings,
                                    read_prompts)
-from vardist.io.outputs import check_writable
+from vardist.io.outputs import check_writable, folder_lock
 from vardist.models import registry
 from vardist.models.interface import ScaleWiseGenerator
 
-ENGINES = ("local", "ray")
 
 
 def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[str] | None = None,
-           classes: str | int | Sequence[int] | None = None, samples: int = 4,
+           classes: str | int | Sequence[int] | None = None, samples: int | None = None,
            n: int | None = None, strategy: str | None = None, scale: int | None = None,
            alpha: float | None = None, rep: int | None = None,
            conflict_thresh: float | None = None, k: int | None = None, cfg: float | None = None,
            top_k: int | None = None, top_p: float | None = None, tau: float | None = None,
-           seed: int = 0, out: str | Path | None = None, batch_size: int = 8,
+           seed: int = 0, out: str | Path | None = None, batch_size: int | None = None,
            weights: str | Path | None = None, device: str | None = None, engine: str = "local",
-           bandwidth: str = "item", kde_method: str = "auto", metric: str = "l2",
+           bandwidth: str | None = None, kde_method: str = "auto", metric: str = "l2",
            grid: bool = False, log_candidates: bool = False,
-           schedule: Sequence[int] | None = None,
+           schedule: Sequence[int] | None = None, pool_sampling: str | None = None,
+           preset: str | None = None, autocast: str | None = None,
            progress: Callable[[int, int], None] | None = None,
            **engine_options: Any) -> SearchResults:
     """Search `samples` images for every condition and return their records (in item order).
@@ -52,7 +58,14 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
     vardist.selection.kde_density. grid: also write OUT/00000/grid.png (prompts).
     log_candidates: also log every candidate's density (candidates.parquet). schedule: the
     side lengths of the scale schedule, for models with flexible schedules (FlexVAR); the
-    searched scale indexes into it. progress: called
+    searched scale indexes into it. pool_sampling: "iid" (default) or "authors", the released
+    VAR code's narrowing candidate sampler (candidate j drawn after j + 1 top-p cuts; VAR
+    models). preset: "authors" reproduces the authors' run.py (VAR): samples=50 with one class
+    per batch (batch_size = samples), bandwidth="batch", pool_sampling="authors", scale 1,
+    n 50, alpha 2.3, rep 10, conflict_thresh 1.8, cfg 1.0, top_k 900, top_p 0.96; arguments
+    given explicitly override it (docs/search.md). Without a preset samples is 4, batch_size
+    8, bandwidth "item". autocast: "fp16" runs the VAR models under fp16 autocast with TF32
+    matmuls on CUDA, as run.py does (a no-op on the CPU; default off). progress: called
     with (images done, total) after every batch.
 
     Every input is checked before a model is loaded; bad input raises InputError (a ValueError
@@ -70,29 +83,41 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
                 raise
             raise InputError("the Ray engine (vardist.engine.ray) is not available in this "
                              "installation; use engine='local'", param="engine") from e
-    recorder = Recorder(job, config)  # opens run.json: refuses a folder with other settings
-    instance = job.model if isinstance(job.model, ScaleWiseGenerator) else None
-    if instance is None and job.model_options:  # built once here, shipped to Ray actors as is
-        instance = registry.load(job.model, weights, device, **job.model_options)
-    if engine == "ray":  # actors load the model by name themselves, or get the instance
-        return ray_engine.run(job, instance, recorder, progress, **engine_options)
-    from vardist.engine import local
+    # One run per output folder at a time (FolderBusy names the holder's pid), held until this
+    # run ends, however it ends.
+    with folder_lock(job.out) if job.out is not None else nullcontext():
+        recorder = Recorder(job, config)  # opens run.json: refuses a folder with other settings
+        done = recorder.complete()  # a finished run: nothing to do, so no model to load
+        if done is not None:
+            if progress:
+                progress(len(done), len(done))
+            return done
+        instance = job.model if isinstance(job.model, ScaleWiseGenerator) else None
+        if instance is None and job.model_options:  # built once here, shipped to Ray actors
+            instance = registry.load(job.model, weights, device, **job.model_options)
+        if engine == "ray":  # actors load the model by name themselves, or get the instance
+            return ray_engine.run(job, instance, recorder, progress, **engine_options)
+        from vardist.engine import local
 
-    loaded = instance or registry.load(job.model, weights, device)
-    _check_loaded(loaded, job)
-    return local.run(job, loaded, recorder, progress)
+        loaded = instance or registry.load(job.model, weights, device)
+        _check_loaded(loaded, job)
+        return local.run(job, loaded, recorder, progress)
 
 
-def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, samples: int = 4,
+def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
+                samples: int | None = None,
                 n=None, strategy=None, scale=None, alpha=None, rep=None, conflict_thresh=None,
                 k=None, cfg=None, top_k=None, top_p=None, tau=None, seed: int = 0, out=None,
-                batch_size: int = 8, weights=None, device=None, engine: str = "local",
-                bandwidth: str = "item", kde_method: str = "auto", metric: str = "l2",
-                grid: bool = False, log_candidates: bool = False,
-                schedule: Sequence[int] | None = None, **engine_options: Any
+                batch_size: int | None = None, weights=None, device=None,
+                engine: str = "local", bandwidth: str | None = None, kde_method: str = "auto",
+                metric: str = "l2", grid: bool = False, log_candidates: bool = False,
+                schedule: Sequence[int] | None = None, pool_sampling: str | None = None,
+                preset: str | None = None, autocast: str | None = None, **engine_options: Any
                 ) -> tuple[Job, dict[str, Any]]:
     """Every check of search() without loading a model: returns the Job and the run.json config.
     Engines other than search() (the Ray engine, studies) start from here too."""
+    _check_types(locals())  # first: wrong types named by argument, not bare TypeErrors later
+    _check_device(device, engine, engine_options)
     # The model and what it accepts.
     if isinstance(model, str):
         try:
@@ -108,7 +133,21 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
     else:
         raise InputError(f"model must be a registry name or a ScaleWiseGenerator, got "
                          f"{type(model).__name__}", param="model")
+    family = spec.family if spec is not None else getattr(model, "family", None)
+    # A preset fills what the caller left out (None); explicit arguments win.
+    pre = _preset_values(preset, family, model)
+    samples = samples if samples is not None else pre.get("samples", 4)
+    # "authors": one condition's samples per canonical batch (items are condition-major)
+    batch_size = batch_size if batch_size is not None else (samples if pre else 8)
+    bandwidth = bandwidth if bandwidth is not None else pre.get("bandwidth", "item")
+    pool_sampling = pool_sampling if pool_sampling is not None else pre.get("pool_sampling", "iid")
+    if pool_sampling == "authors" and family != "var":
+        raise InputError(f"pool_sampling='authors' is the released VAR code's sampler and only "
+                         f"applies to VAR models, not {_name(model)} (its family: {family}); "
+                         f"use pool_sampling='iid'", param="pool_sampling")
     model_options = {}
+    if autocast not in (None, "off"):
+        model_options["autocast"] = _check_autocast(autocast, spec, model)
     if schedule is not None:
         schedule = _check_schedule(schedule, spec, model)
         num_scales = len(schedule)
@@ -124,6 +163,8 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
     given = dict(scale=scale, n=n, strategy=strategy, alpha=alpha, rep=rep,
                  conflict_thresh=conflict_thresh, k=k, cfg=cfg, top_k=top_k, top_p=top_p,
                  tau=tau)
+    given = {key: pre.get(key) if v is None else v for key, v in given.items()}
+    scale, n = given["scale"], given["n"]
     if defaults is None:
         if scale is None or n is None:
             raise InputError("this model object carries no search defaults: pass scale= and n=",
@@ -132,7 +173,7 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
     merged = {f.name: getattr(defaults, f.name) for f in fields(defaults)}
     merged.update({key: v for key, v in given.items() if v is not None})
     settings = SearchSettings(**{key: merged[key] for key in given}, bandwidth=bandwidth,
-                              kde_method=kde_method, metric=metric)
+                              kde_method=kde_method, metric=metric, pool_sampling=pool_sampling)
     settings.check(num_scales)
 
     # Conditions.
@@ -143,7 +184,7 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
         if kind == "class":
             raise InputError(f"model {_name(model)} is class-conditional: use classes, not "
                              f"prompts", param="prompts")
-        lines = (read_prompts(prompts) if isinstance(prompts, (str, Path))
+        lines = (read_prompts(prompts) if isinstance(prompts, (str, os.PathLike))
                  else prompts_from_strings(prompts))
         conditions = [(p.index, p.prompt) for p in lines]
         prompt_lines = {p.index: p.raw for p in lines}
@@ -159,10 +200,25 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
                              ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"{name} must be an integer >= {low}, got {value!r}", param=name)
+    if grid and kind == "class":  # grids are per prompt (OUT/NNNNN/grid.png): never dropped silently
+        raise InputError("grid only applies to prompt runs (a grid.png per prompt folder); a "
+                         "class run has no grid: drop it", param="grid")
+
+    # Sizes, by arithmetic, before anything is built or loaded.
+    check_plan_size(len(conditions), samples, kind)
+    budget = _memory_budget(device, engine, engine_options)
+    side = schedule[settings.scale] if schedule is not None else settings.scale + 1
+    check_pool_memory(settings, batch_size, side * side, budget)  # side: a lower bound if unknown
+    if schedule is not None:
+        check_schedule_memory(schedule, batch_size, budget, **_schedule_sizes(spec, weights))
 
     # Where it goes, and what it needs.
     if spec is not None and registry.find_weight_files(spec, weights) is None:
         raise registry.missing_weights_error(spec, weights)
+    if spec is not None and weights is not None and not spec.files:
+        raise InputError(f"model {spec.name} does not read weights from a folder (it has no "
+                         f"checkpoint files to look up), so weights={str(weights)!r} would be "
+                         f"ignored: drop it", param="weights")
     if out is not None:
         check_writable(out)
 
@@ -176,10 +232,50 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None, 
               "engine_options": engine_options, "out": job.out, "weights": job.weights,
               "device": device, "grid": grid, "log_candidates": log_candidates,
               "condition_kind": kind, "num_conditions": len(conditions),
-              "model_options": model_options,
+              "model_options": model_options, "preset": preset,
               "prompts_file": str(prompts) if isinstance(prompts, (str, Path)) else None,
               "images": len(job.items)}
     return job, config
+
+
+# The authors' VAR script (run.py of the released VAR-Scaling code) in one flag: one call per
+# class generates that class's 50 images with the KDE bandwidth pooled over them, candidates from
+# the narrowing sampler, and run.py's fixed settings (alpha 2.3 for every depth). batch_size
+# follows samples (one class per batch). docs/search.md lists what still differs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "authors": dict(samples=50, bandwidth="batch", pool_sampling="authors",
+                    strategy="var-scaling", scale=1, n=50, alpha=2.3, rep=10,
+                    conflict_thresh=1.8, cfg=1.0, top_k=900, top_p=0.96, tau=1.0),
+}
+
+
+def _preset_values(preset: str | None, family: str | None, model: Any) -> dict[str, Any]:
+    if preset is None:
+        return {}
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}",
+                         param="preset")
+    if family != "var":
+        raise InputError(f"preset {preset!r} reproduces the authors' VAR script and applies to "
+                         f"VAR models (var-d16 ... var-d36), not {_name(model)}", param="preset")
+    return PRESETS[preset]
+
+
+def _check_autocast(autocast: str, spec, model) -> str:
+    """autocast is a load option of the models whose builder takes it (the VAR checkpoints)."""
+    from vardist.models.var.generator import AUTOCAST_MODES
+
+    if autocast not in AUTOCAST_MODES:
+        raise InputError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}",
+                         param="autocast")
+    if spec is None:
+        raise InputError("autocast is a load option: build the model with it (e.g. "
+                         "vardist.models.load(name, autocast='fp16')) and pass no autocast here",
+                         param="autocast")
+    if "autocast" not in inspect.signature(spec.builder).parameters:
+        raise InputError(f"model {spec.name} has no autocast option (the VAR checkpoints "
+                         f"var-d16 ... var-d36 have it)", param="autocast")
+    return autocast
 
 
 def _check_schedule(schedule, spec, model) -> list[int]:
@@ -211,6 +307,110 @@ def _check_loaded(model: ScaleWiseGenerator, job: Job) -> None:
     except ValueError as e:
         raise InputError(str(e), param="classes" if job.condition_kind == "class"
                          else "prompts") from e
+
+
+_PATHS = ("out", "weights")
+_STRINGS = ("device", "engine", "strategy", "bandwidth", "kde_method", "metric", "preset",
+            "pool_sampling", "autocast")
+_INTS = ("samples", "n", "scale", "rep", "k", "top_k", "seed", "batch_size")
+_FLOATS = ("alpha", "conflict_thresh", "cfg", "top_p", "tau")
+_BOOLS = ("grid", "log_candidates")
+
+
+def _check_types(args: dict[str, Any]) -> None:
+    """Every argument of the wrong type, named, before any check that would trip over it with a
+    bare TypeError (alpha="2", classes=3.0, out=123) or take it to mean something else
+    (prompts={"prompt": ...} iterated its keys; out="" ran in memory)."""
+    def bad(name: str, what: str) -> InputError:
+        v = args[name]
+        return InputError(f"{name} must be {what}, got {type(v).__name__} {v!r}", param=name)
+
+    for name, v in args.items():
+        if v is None:
+            continue
+        if name in _PATHS:
+            if not isinstance(v, (str, os.PathLike)):
+                raise bad(name, "a folder path (str or pathlib.Path)")
+            if not str(v).strip():
+                raise InputError(f"{name} is an empty path; give a folder"
+                                 + (" (or out=None to keep the images in memory)"
+                                    if name == "out" else ""), param=name)
+        elif name in _STRINGS and not isinstance(v, str):
+            raise bad(name, "a string")
+        elif name in _INTS and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+            raise bad(name, "an integer")
+        elif name in _FLOATS and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+            raise bad(name, "a number")
+        elif name in _BOOLS and not isinstance(v, bool):
+            raise bad(name, "True or False")
+        elif name == "prompts" and not isinstance(v, (str, os.PathLike)):
+            prompts_from_strings(v)  # refuses a dict, bytes or a non-iterable, naming prompts
+        elif name == "schedule" and (isinstance(v, (str, bytes))
+                                     or not isinstance(v, Sequence)):
+            raise bad(name, "a list of side lengths such as [1, 2, 3, 4, 6, 9, 13, 16]")
+
+
+def _check_device(device: str | None, engine: str, engine_options: dict[str, Any]) -> None:
+    """A device this machine cannot run on, refused before any model loads (it failed while
+    loading). A Ray cluster's actors may have devices this machine lacks: there only the
+    spelling is checked."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or "
+                         f"mps", param="device") from None
+    if engine == "ray" and (engine_options.get("address") or os.environ.get("RAY_ADDRESS")):
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: this torch build ({torch.__version__}) sees "
+                             f"no CUDA GPU (torch.cuda.is_available() is False); use device "
+                             f"cpu, or install a CUDA build of torch (README, Install)",
+                             param="device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}",
+                             param="device")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {device!r}: MPS (Apple GPU) is not available here; use "
+                             f"cpu", param="device")
+    elif dev.type != "cpu":
+        raise InputError(f"device {device!r}: vardist runs on cpu, cuda or mps", param="device")
+
+
+def _memory_budget(device: str | None, engine: str, engine_options: dict[str, Any]
+                   ) -> tuple[int, str]:
+    """What a batch may use: this machine's (GPU or host) memory; on a Ray cluster, whose
+    machines are not known here, the most any single machine holds."""
+    if engine == "ray" and (engine_options.get("address") or os.environ.get("RAY_ADDRESS")):
+        return 2 ** 41, "the 2 TB any one cluster machine holds at most"
+    return memory_budget(device)
+
+
+def _schedule_sizes(spec, weights) -> dict[str, int]:
+    """FlexVAR's transformer and tokenizer sizes, without loading it: the released depths'
+    configs, or the fixture's config.json."""
+    from vardist.models.flexvar import specs as flex
+
+    if spec.files == flex.TINY_FILES:
+        import json
+
+        from vardist.models.flexvar.generator import configs_from_fixture
+
+        files = registry.find_weight_files(spec, weights)
+        if files is None:
+            raise registry.missing_weights_error(spec, weights)
+        path = files["config.json"]
+        vae_cfg, var_cfg, _ = configs_from_fixture(json.loads(Path(path).read_text()))
+    else:
+        vae_cfg, var_cfg = flex.official_configs(int(spec.name.removeprefix("flexvar-d")))
+    return dict(depth=var_cfg.depth, width=var_cfg.embed_dim, vocab=var_cfg.vocab_size,
+                downsample=vae_cfg.downsample, decoder_ch=vae_cfg.ch * vae_cfg.ch_mult[0])
 
 
 def _name(model: Any) -> str:

@@ -11,6 +11,10 @@ selects this one's candidates, and encodes PNGs while the device finishes images
 A batch whose items are all finished is skipped; a partly finished one is recomputed whole (so
 each image is computed in the same company as in an uninterrupted run) and only its missing
 images are written. Writes happen in batch order and stop at the first failure, like a kill.
+
+The model runs with pipeline.REPLICA_THREADS torch threads, as every Ray actor does, so both
+engines write the same bytes; a second helper thread draws the next batch's pool uniforms
+(numpy Philox) while the device runs this one.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
     if progress:
         progress(len(results), total)
     embed = pipeline.embedder(model)
-    settings = job.settings
+    with pipeline.replica_threads():
+        if todo_batches:  # images to make: they must match those already there byte for byte
+            recorder.pin_numerics(pipeline.replica_numerics(model))
+        return _run(job, model, recorder, progress, todo_batches, results, embed)
+
+
+def _run(job: Job, model: Any, recorder: Recorder, progress: Progress | None,
+         todo_batches: list, results: dict, embed: pipeline.Embed) -> SearchResults:
+    total, settings = len(job.items), job.settings
 
     def write(bi, batch, choices, images, maps, pool_s, finish_s, before: Future | None) -> None:
         if before is not None:
@@ -45,13 +57,18 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
             progress(len(results), total)
 
     helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vardist-select-write")
+    uniforms = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vardist-uniforms")
     last_write: Future | None = None
     try:
         prev = None
-        for entry in [*todo_batches, None]:
+        if todo_batches:
+            pipeline.prefetch_uniforms(model, todo_batches[0][1], settings, uniforms)
+        for i, entry in enumerate([*todo_batches, None]):
             cur = None
             if entry is not None:
                 bi, batch = entry
+                if i + 1 < len(todo_batches):  # drawn while the device runs this batch
+                    pipeline.prefetch_uniforms(model, todo_batches[i + 1][1], settings, uniforms)
                 pool = pipeline.prefix_and_pool(model, batch, settings, keep_state=True)
                 chosen = helper.submit(pipeline.select_batch, pool.codes, embed, pool.seeds,
                                        settings, keep_density=job.log_candidates)
@@ -73,5 +90,6 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
             last_write.result()  # re-raises the first failed write
     finally:
         helper.shutdown(wait=True, cancel_futures=True)
+        uniforms.shutdown(wait=True, cancel_futures=True)
     recorder.close()
     return SearchResults(results[i] for i in sorted(results))

@@ -8,18 +8,27 @@ process, the Ray engine in actors and a selection stage):
 Between stages everything is numpy (codes, not embeddings: a pool is small), so it can travel
 through an object store. `continue_batch` takes the generator state when the same process drew
 the pool (no recomputation) and otherwise rebuilds it from the codes in one teacher-forced pass.
+
+Numerics: CPU float kernels split their reductions by the intra-op thread count, so a replica
+with 2 torch threads and one with 1 thread differ by one level on a few pixels. Every engine
+runs its model replicas with `REPLICA_THREADS` (`replica_threads`), and `replica_numerics`
+says what else the bytes depend on (device, torch, CPU kernel level), for run.json.
 """
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from vardist.engine.plan import SearchSettings, WorkItem, selection_rng
+from vardist.models import sampling
 from vardist.models.interface import GenState, ScaleWiseGenerator
 
 Embed = Callable[[np.ndarray], np.ndarray]  # codes [n, P, *code_shape] -> float32 [n, P, d]
@@ -48,6 +57,70 @@ class Choice:
     density_chosen: float
     seconds: float
     density: np.ndarray | None = field(default=None, repr=False)  # [n], for the candidate table
+
+
+# torch intra-op threads of every model replica, in every engine: the bytes of a CPU replica
+# depend on it. 1 because more replicas beat more threads per replica (benchmarks/
+# ray_scaling.py) and a 1-thread local engine measured faster than a 2-thread one on 2 cores
+# (the other core selects, encodes and prepares uniforms: docs/throughput.md).
+REPLICA_THREADS = 1
+
+
+@contextlib.contextmanager
+def replica_threads(threads: int | None = None) -> Iterator[int]:
+    """Run the enclosed model work with `threads` torch intra-op threads (REPLICA_THREADS by
+    default); the process's previous setting comes back on exit."""
+    threads = threads or REPLICA_THREADS
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def model_device(model: Any) -> torch.device:
+    """The device a replica computes on: its `device` attribute, else its first parameter's."""
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    for value in vars(model).values():
+        if isinstance(value, torch.nn.Module):
+            for p in value.parameters():
+                return p.device
+    return torch.device("cpu")
+
+
+def replica_numerics(model: Any) -> dict[str, Any]:
+    """What a replica's bytes depend on beyond the run's settings: device type, the GPU model
+    and CUDA version (GPU kernels differ between them) or the CPU kernel level torch dispatches
+    to (AVX2 vs AVX512 sum in other orders) and the intra-op thread count, and the torch
+    version. Two replicas with equal numerics write equal bytes for equal settings."""
+    dev = model_device(model)
+    out: dict[str, Any] = {"device": dev.type, "torch": torch.__version__}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["cuda"] = torch.version.cuda
+    else:
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        out["machine"] = platform.machine()
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def pool_uniform_count(model: ScaleWiseGenerator, settings: SearchSettings) -> int:
+    """Uniform numbers one item's pool draws at the searched scale: one per candidate, position
+    and code element (a token id: 1, Infinity's 32 bits: 32)."""
+    return settings.pool_size * model.positions(settings.scale) * int(np.prod(model.code_shape))
+
+
+def prefetch_uniforms(model: ScaleWiseGenerator, items: Sequence[WorkItem],
+                      settings: SearchSettings, executor: Executor | None = None) -> None:
+    """Draw the pool uniforms of a batch ahead (on `executor`, e.g. while the device runs the
+    batch before): `prefix_and_pool` then finds them ready, with the same numbers."""
+    count = pool_uniform_count(model, settings)
+    for it in items:
+        sampling.prefetch_stream(it.seed, settings.scale, count, executor)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -9,18 +9,22 @@ the same images.
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
 
+from vardist.engine import BANDWIDTHS
 from vardist.io.conditions import InputError
+from vardist.io.outputs import human_size
 from vardist.models.interface import Sampling
+from vardist.models.sampling import POOL_SAMPLINGS
 from vardist.selection import METHODS as KDE_METHODS
 from vardist.selection import METRICS, STRATEGIES
 
-BANDWIDTHS = ("item", "batch")  # per-item bandwidth, or pooled over the batch as the authors do
 
 _SELECT_KEY = 0x5E1EC7  # spawn key separating an item's selection rng from its sampling streams
 
@@ -44,6 +48,8 @@ class SearchSettings:
     bandwidth: str = "item"
     kde_method: str = "auto"
     metric: str = "l2"
+    # "authors": the released VAR code's narrowing candidate sampler (VAR models only)
+    pool_sampling: str = "iid"
 
     def __post_init__(self) -> None:
         # numpy scalars and the like become plain ints / floats (run.json compares them)
@@ -55,7 +61,10 @@ class SearchSettings:
                 object.__setattr__(self, f.name, float(v))
 
     def sampling(self) -> Sampling:
-        return Sampling(cfg=self.cfg, top_k=self.top_k, top_p=self.top_p, tau=self.tau)
+        # only a non-default sampler is passed on: families without the option see no extras
+        options = {} if self.pool_sampling == "iid" else {"pool_sampling": self.pool_sampling}
+        return Sampling(cfg=self.cfg, top_k=self.top_k, top_p=self.top_p, tau=self.tau,
+                        options=options)
 
     @property
     def pool_size(self) -> int:
@@ -68,6 +77,15 @@ class SearchSettings:
             v = getattr(self, name)
             _need(isinstance(v, int) and not isinstance(v, bool), name,
                   f"{name} must be an integer, got {v!r}")
+        # inf / nan pass every comparison below one way or the other (cfg inf made identical
+        # images and an `Infinity` that is not JSON in run.json): every float must be finite
+        for name in ("alpha", "conflict_thresh", "cfg", "top_p", "tau"):
+            v = getattr(self, name)
+            _need(isinstance(v, float), name, f"{name} must be a number, got {v!r}")
+            _need(math.isfinite(v), name, f"{name} must be a finite number, got {v}")
+        for name in ("strategy", "bandwidth", "kde_method", "metric"):
+            v = getattr(self, name)
+            _need(isinstance(v, str), name, f"{name} must be a string, got {v!r}")
         _need(self.strategy in STRATEGIES, "strategy",
               f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         _need(self.n >= 1, "n", f"n must be >= 1 (the pool size), got {self.n}")
@@ -92,6 +110,8 @@ class SearchSettings:
               f"kde_method must be one of {', '.join(KDE_METHODS)}, got {self.kde_method!r}")
         _need(self.metric in METRICS, "metric",
               f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        _need(self.pool_sampling in POOL_SAMPLINGS, "pool_sampling",
+              f"pool_sampling must be one of {', '.join(POOL_SAMPLINGS)}, got {self.pool_sampling!r}")
 
 
 def _need(ok: bool, param: str, msg: str) -> None:
@@ -125,16 +145,144 @@ def selection_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SELECT_KEY,)))
 
 
+# The most images one run plans: a run keeps a record per image in memory (the results it
+# returns, its resume state), about a kilobyte each. 200 ImageNet evaluations (50 x 1000).
+MAX_IMAGES = 10_000_000
+
+
+def check_plan_size(num_conditions: int, samples: int, kind: str = "class") -> int:
+    """The number of images of a run, refused by arithmetic (before any item exists) above
+    MAX_IMAGES."""
+    total = num_conditions * samples
+    if total > MAX_IMAGES:
+        kinds = "classes" if kind == "class" else "prompts"
+        raise InputError(
+            f"{num_conditions} {kinds} x {samples} samples = {total:,} images is more than one "
+            f"run plans (at most {MAX_IMAGES:,}: a run keeps a record per image in memory); "
+            f"lower samples (images per {kind}) or split the {kinds} over several runs, each "
+            f"with its own out folder", param="samples")
+    return total
+
+
+def memory_budget(device: str | None) -> tuple[int, str]:
+    """(bytes, what they are) a run may use on `device`: a CUDA device's total memory, else
+    the machine's physical memory. Read before any model loads."""
+    import torch
+
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        dev = torch.device(device)
+        props = torch.cuda.get_device_properties(dev.index or 0)
+        return props.total_memory, f"the {human_size(props.total_memory)} of GPU {props.name}"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total, f"the {human_size(total)} of this machine's memory"
+
+
+def check_pool_memory(settings: SearchSettings, batch_size: int, tokens: int,
+                      budget: tuple[int, str], dim: int = 1) -> int:
+    """Refuse a candidate pool that cannot fit, by arithmetic. A batch's pool is held whole
+    (DESIGN.md step 4): batch_size x pool_size candidates of `tokens` codes at the searched
+    scale, as int64 codes and their float32 embeddings (`dim` coordinates a token; 1 when
+    unknown, so the figure is a lower bound and a pool that fits is never refused)."""
+    per = tokens * (8 + 4 * dim)
+    need = batch_size * settings.pool_size * per
+    limit, where = budget
+    if need > limit:
+        fit = max(limit // (batch_size * per), 0)
+        raise InputError(
+            f"n={settings.n} needs at least {human_size(need)} for one batch's candidate pool "
+            f"({batch_size} items x {settings.n:,} candidates x {tokens} tokens at scale "
+            f"{settings.scale}, as codes and embeddings), more than {where}; lower n (about "
+            f"{fit:,} at most at batch_size {batch_size}) or batch_size", param="n")
+    return need
+
+
+def schedule_bytes(sides: Sequence[int], batch_size: int, *, depth: int, width: int,
+                   vocab: int, downsample: int, decoder_ch: int) -> int:
+    """A lower bound on what sampling one batch along a scale schedule holds: the KV cache of
+    every layer over all tokens (the conditional and unconditional rows of classifier-free
+    guidance, float32) with the last scale's logits, or else the decoder's full-resolution
+    activation (`decoder_ch` channels, float32) while the batch is decoded."""
+    tokens = sum(s * s for s in sides)
+    rows = 2 * batch_size  # CFG: conditional + unconditional
+    sampling = rows * 2 * depth * tokens * width * 4 + rows * sides[-1] ** 2 * vocab * 4
+    decoding = batch_size * decoder_ch * (sides[-1] * downsample) ** 2 * 4
+    return max(sampling, decoding)
+
+
+def check_schedule_memory(sides: Sequence[int], batch_size: int, budget: tuple[int, str],
+                          **sizes: int) -> int:
+    need = schedule_bytes(sides, batch_size, **sizes)
+    limit, where = budget
+    if need > limit:
+        px = sides[-1] * sizes["downsample"]
+        raise InputError(
+            f"schedule {','.join(map(str, sides))} needs at least {human_size(need)} for a batch "
+            f"of {batch_size} ({sum(s * s for s in sides):,} tokens of KV cache in "
+            f"{sizes['depth']} layers, then {px}x{px} images to decode), more than {where}; "
+            f"use smaller side lengths (the released models are trained up to 16) or a smaller "
+            f"batch_size", param="schedule")
+    return need
+
+
+class WorkItems(Sequence):
+    """The condition-major item list of a plan, made on demand: item i is condition
+    i // samples, sample i % samples. Nothing is built (and no seed derived) until an item is
+    read, so a large plan costs nothing to check and hold."""
+
+    def __init__(self, conditions: Sequence[tuple[int, Any]], samples: int, run_seed: int) -> None:
+        if samples < 1:
+            raise InputError(f"samples must be >= 1 (images per condition), got {samples}",
+                             param="samples")
+        self.conditions, self.samples, self.run_seed = conditions, samples, run_seed
+
+    def __len__(self) -> int:
+        return len(self.conditions) * self.samples
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"item {i} of a plan of {len(self)}")
+        ci, cond = self.conditions[i // self.samples]
+        s = i % self.samples
+        return WorkItem(i, ci, s, cond, item_seed(self.run_seed, ci, s))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and list(self) == list(other)
+
+
+class Batches(Sequence):
+    """Canonical batches of a WorkItems list, made on demand (a list of WorkItems each)."""
+
+    def __init__(self, items: Sequence[WorkItem], batch_size: int) -> None:
+        self.items, self.batch_size = items, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.items) // self.batch_size)
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[j] for j in range(*b.indices(len(self)))]
+        if b < 0:
+            b += len(self)
+        if not 0 <= b < len(self):
+            raise IndexError(f"batch {b} of {len(self)}")
+        return list(self.items[b * self.batch_size:(b + 1) * self.batch_size])
+
+    def __iter__(self):
+        return (self[b] for b in range(len(self)))
+
+
 def plan_items(conditions: Sequence[tuple[int, Any]], samples: int, run_seed: int) -> list[WorkItem]:
     """Condition-major item list: conditions as (condition_index, condition) pairs."""
-    if samples < 1:
-        raise InputError(f"samples must be >= 1 (images per condition), got {samples}",
-                         param="samples")
-    items = []
-    for ci, cond in conditions:
-        for s in range(samples):
-            items.append(WorkItem(len(items), ci, s, cond, item_seed(run_seed, ci, s)))
-    return items
+    return list(WorkItems(conditions, samples, run_seed))
 
 
 def canonical_batches(items: Sequence[WorkItem], batch_size: int) -> list[list[WorkItem]]:
@@ -142,7 +290,7 @@ def canonical_batches(items: Sequence[WorkItem], batch_size: int) -> list[list[W
     partly finished batch whole, so every image is computed in the same company every time."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}", param="batch_size")
-    return [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    return list(Batches(items, batch_size))
 
 
 @dataclass
@@ -166,10 +314,14 @@ class Job:
     model_options: dict[str, Any] = field(default_factory=dict)  # builder options (schedule=)
 
     def __post_init__(self) -> None:
-        self.items = plan_items(self.conditions, self.samples, self.seed)
+        # made on demand: a plan of millions of images is checked and held without building it
+        self.items = WorkItems(self.conditions, self.samples, self.seed)
 
-    def batches(self) -> list[list[WorkItem]]:
-        return canonical_batches(self.items, self.batch_size)
+    def batches(self) -> Batches:
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}",
+                             param="batch_size")
+        return Batches(self.items, self.batch_size)
 
     @property
     def model_name(self) -> str:

@@ -28,6 +28,8 @@ images and token maps instead.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import time
 import uuid
 from collections import deque
@@ -42,7 +44,9 @@ import numpy as np
 class RayOptions:
     """How the run is spread. actors None: one per GPU, or one CPU actor where there are none."""
 
-    address: str | None = None   # None: a local Ray instance; "auto"; "ray://HOST:PORT"
+    # None: $RAY_ADDRESS if set (Ray's convention), else a new local Ray instance; "auto";
+    # "HOST:PORT"; "ray://HOST:PORT" (Ray Client)
+    address: str | None = None
     actors: int | None = None
     cpus_per_actor: float = 1.0  # CPU actors only
     # torch threads per CPU actor. 1 by default: more actors beat more threads per actor, and
@@ -51,6 +55,8 @@ class RayOptions:
     depth: int = 2               # tasks queued per actor
     max_replacements: int | None = None  # replacements before giving up (None: 2 x actors)
     placement_timeout_s: float = 600.0   # wait this long for the cluster to fit every actor
+    report_every_s: float = 15.0         # while waiting, say what is missing this often
+    connect_timeout_s: float = 10.0      # a cluster address that does not answer fails after this
     select_on: str = "auto"  # "driver", "tasks" (1-CPU Ray tasks), auto: tasks on GPU clusters
 
     def check(self) -> None:
@@ -68,6 +74,11 @@ class RayOptions:
                              param="select_on")
         if self.depth < 1:
             raise InputError(f"depth must be >= 1, got {self.depth}", param="depth")
+        for name in ("placement_timeout_s", "report_every_s", "connect_timeout_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise InputError(f"{name} must be a finite number of seconds > 0, got {v!r}",
+                                 param=name)
         a = self.address
         if a is not None and a != "auto" and not (a.startswith("ray://") or ":" in a):
             raise InputError(f"address {a!r} is not a Ray address; use auto, HOST:PORT or "
@@ -175,23 +186,43 @@ class FinishMsg:
 # --- the generator actor ------------------------------------------------------------------
 
 class Generator:
-    """One model replica. Stateless between calls: every task carries what it needs."""
+    """One model replica. Stateless between calls: every task carries what it needs.
+
+    The methods are coroutines, so Ray runs the actor's calls concurrently on one event loop:
+    model work goes to one "device" thread, in arrival order, and the CPU work of a call (PNG
+    encoding, drawing the pool's uniforms) to a small pool beside it. A call's PNGs are then
+    encoded while the next call computes, and a pool call draws its uniforms as soon as it
+    arrives (while the device still runs the call before), off the device's critical path and
+    with the same bytes. Memory stays bounded: the driver queues at most `depth` calls here."""
+
+    CPU_THREADS = 2  # PNG encoding and uniforms (a 1024x1024 PNG: ~0.4 s, zlib drops the GIL)
 
     def __init__(self, model: Any, weights: str | None, device: str | None,
                  threads: int | None) -> None:
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
+        from vardist.engine import pipeline
+
+        # Every replica, in every engine, computes with the same intra-op thread count: CPU
+        # float kernels split their sums by it, and the bytes would follow.
+        self.threads = threads or pipeline.REPLICA_THREADS
+        torch.set_num_threads(self.threads)
         if isinstance(model, str):
             from vardist.models import registry
 
             model = registry.load(model, weights, device)
         self.model = model
         self.code_ndim = len(model.code_shape)
+        self._device = ThreadPoolExecutor(1, "vardist-device", initializer=torch.set_num_threads,
+                                          initargs=(self.threads,))
+        self._cpu = ThreadPoolExecutor(self.CPU_THREADS, "vardist-cpu")
 
-    def pool(self, items: list, settings: Any) -> PoolMsg:
-        """Prefix + pool of a batch, compact, with the embeddings of its distinct codes."""
+    async def _on(self, executor: ThreadPoolExecutor, fn: Callable, *args: Any) -> Any:
+        import asyncio
+
+        return await asyncio.wrap_future(executor.submit(fn, *args))
+
+    def _pool(self, items: list, settings: Any) -> PoolMsg:
         from vardist.engine import pipeline
 
         pool = pipeline.prefix_and_pool(self.model, items, settings)
@@ -199,27 +230,40 @@ class Generator:
         return PoolMsg([Packed.pack(m) for m in pool.prefix], Packed.pack(pool.codes), table,
                        pool.seconds)
 
-    def finish(self, items: list, settings: Any, prefix: list[Packed], chosen: Packed,
-               encode: bool) -> FinishMsg:
+    async def pool(self, items: list, settings: Any) -> PoolMsg:
+        """Prefix + pool of a batch, compact, with the embeddings of its distinct codes."""
+        from vardist.engine import pipeline
+
+        pipeline.prefetch_uniforms(self.model, items, settings, self._cpu)
+        return await self._on(self._device, self._pool, items, settings)
+
+    async def finish(self, items: list, settings: Any, prefix: list[Packed], chosen: Packed,
+                     encode: bool) -> FinishMsg:
         """The batch's images: encoded as PNGs (encode), else uint8 arrays with their maps."""
+        import asyncio
+
         from vardist.engine import pipeline
         from vardist.io import outputs
 
         t0 = time.perf_counter()
-        images, maps = pipeline.continue_batch(self.model, items, settings,
-                                               [p.unpack() for p in prefix], chosen.unpack())
-        if encode:
-            pngs = [outputs.png_bytes(im) for im in images]
-            return FinishMsg(pngs, None, [], time.perf_counter() - t0)
+        images, maps = await self._on(self._device, pipeline.continue_batch, self.model, items,
+                                      settings, [p.unpack() for p in prefix], chosen.unpack())
+        if encode:  # the device thread is free for the next call meanwhile
+            pngs = await asyncio.gather(*(self._on(self._cpu, outputs.png_bytes, im)
+                                          for im in images))
+            return FinishMsg(list(pngs), None, [], time.perf_counter() - t0)
         return FinishMsg(None, images, [Packed.pack(m) for m in maps], time.perf_counter() - t0)
 
-    def info(self) -> dict[str, Any]:
-        """Where this replica runs: process, GPUs Ray gave it, torch threads."""
+    async def info(self) -> dict[str, Any]:
+        """Where this replica runs: process, GPUs Ray gave it, torch threads, and what its
+        bytes depend on (pipeline.replica_numerics, measured on its device thread)."""
         import ray
-        import torch
 
+        from vardist.engine import pipeline
+
+        numerics = await self._on(self._device, pipeline.replica_numerics, self.model)
         return {"pid": os.getpid(), "gpu_ids": ray.get_gpu_ids(),
-                "threads": torch.get_num_threads()}
+                "threads": numerics["threads"], "numerics": numerics}
 
 
 # --- the selection stage ------------------------------------------------------------------
@@ -260,7 +304,8 @@ class _ActorSet:
     its bundle (up to a budget, so a model that cannot load does not loop forever)."""
 
     def __init__(self, ray: Any, cls: Any, init: tuple, n: int, bundle: dict[str, float],
-                 budget: int, timeout_s: float) -> None:
+                 budget: int, timeout_s: float, report_every_s: float = 15.0,
+                 before_spawn: Callable[[Any], None] | None = None) -> None:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -268,18 +313,17 @@ class _ActorSet:
         self.bundle = bundle
         self.tag = uuid.uuid4().hex[:8]  # actor names: vardist-<run tag>-<slot>.<generation>
         self.generation = [0] * n
+        # The pending placement group is the autoscaler's demand: it adds the nodes it needs.
         self.pg = placement_group([dict(bundle)] * n, strategy="PACK")
-        ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
-        if not ready:
-            ray.util.remove_placement_group(self.pg)
-            from vardist.io.conditions import InputError
-
-            raise InputError(
-                f"the Ray cluster cannot place {n} generator actors of {bundle} each within "
-                f"{timeout_s:.0f} s (cluster resources: {ray.cluster_resources()}); lower "
-                f"--actors or add nodes", param="actors")
+        wait_for_placement(ray, self.pg, n, bundle, timeout_s, report_every_s)
         self._strategy = lambda i: PlacementGroupSchedulingStrategy(
             self.pg, placement_group_bundle_index=i)
+        if before_spawn is not None:
+            try:
+                before_spawn(self._strategy(0))
+            except BaseException:
+                ray.util.remove_placement_group(self.pg)
+                raise
         self.handles = [self._spawn(i) for i in range(n)]
         self.replaced = 0
 
@@ -317,14 +361,128 @@ class _ActorSet:
         self.ray.util.remove_placement_group(self.pg)
 
 
-def _actor_shape(ray: Any, opts: RayOptions) -> tuple[int, dict[str, float], int | None]:
-    """(number of actors, resources of one, torch threads): one actor per GPU where the cluster
-    has GPUs, else CPU actors of cpus_per_actor each."""
+def _say(message: str) -> None:
+    """One line for the person running the job (stderr: stdout may carry --json)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_address(address: str | None) -> tuple[str, str]:
+    """Ray's convention: --address overrides, else $RAY_ADDRESS, else a new local instance.
+    Returns (address for ray.init, a sentence saying which and why)."""
+    if address:
+        return address, f"joining the Ray cluster at {address} (from --address)"
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env:
+        return env, f"joining the Ray cluster at {env} (from RAY_ADDRESS)"
+    return "local", ("starting a local Ray instance on this machine (no --address, RAY_ADDRESS "
+                     "unset)")
+
+
+def check_reachable(address: str, timeout_s: float, source: str) -> None:
+    """A HOST:PORT or ray://HOST:PORT address must accept a TCP connection within timeout_s:
+    ray.init itself retries an unreachable GCS for minutes. "local" and "auto" are Ray's own
+    to resolve (auto fails at once when no cluster runs here)."""
+    if address in ("local", "auto"):
+        return
+    from vardist.io.conditions import InputError
+
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise InputError(f"Ray address {address!r} ({source}) has no port: use HOST:PORT "
+                         f"(GCS, 6379 by default), ray://HOST:PORT (Ray Client, 10001) or auto",
+                         param="address") from None
+    try:
+        socket.create_connection((host.strip("[]"), port_no), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(
+            f"cannot reach the Ray cluster at {address} ({source}): {e.strerror or e} within "
+            f"{timeout_s:g} s. Check that the cluster is up (`ray status` on its head) and "
+            f"that the host and port are right (the GCS listens on 6379, Ray Client on 10001); "
+            f"on a cluster node use --address auto, or leave --address and RAY_ADDRESS unset "
+            f"to start a local Ray instance", param="address") from None
+
+
+def wait_for_placement(ray: Any, pg: Any, n: int, bundle: dict[str, float], timeout_s: float,
+                       report_every_s: float, say: Callable[[str], None] = _say,
+                       clock: Callable[[], float] = time.monotonic) -> None:
+    """Wait (bounded) until the placement group of n actors is placed, saying every
+    report_every_s what is missing; on timeout remove the group and raise InputError."""
+    key = "GPU" if bundle.get("GPU") else "CPU"
+    need = n * bundle.get(key, 0)
+    start = clock()
+    while True:
+        left = timeout_s - (clock() - start)
+        ready, _ = ray.wait([pg.ready()], timeout=max(0.0, min(report_every_s, left)))
+        if ready:
+            return
+        elapsed = clock() - start
+        free = ray.available_resources().get(key, 0)
+        if elapsed >= timeout_s:
+            ray.util.remove_placement_group(pg)
+            from vardist.io.conditions import InputError
+
+            raise InputError(
+                f"the Ray cluster cannot place {n} generator actors of {bundle} each within "
+                f"{timeout_s:.0f} s: {need:g} {key}s needed, {free:g} free (cluster resources: "
+                f"{ray.cluster_resources()}). On an autoscaling cluster check that a node type "
+                f"offers {key}s and that max_workers and the cloud quota allow {need:g} "
+                f"(`ray status` shows pending demands); else lower --actors or add nodes",
+                param="actors")
+        say(f"waiting for {need:g} {key}s, {free:g} available, {max(need - free, 0):g} "
+            f"requested from the autoscaler ({elapsed:.0f} s of {timeout_s:.0f} s)")
+
+
+def _actor_shape(ray: Any, opts: RayOptions, device: str | None = None,
+                 gpu_model: bool = False, can_scale: bool = True
+                 ) -> tuple[int, dict[str, float], int | None]:
+    """(number of actors, resources of one, torch threads). GPU actors ({"GPU": 1} each, one
+    per GPU when actors is None) when the run asks for a GPU device, or when it names none and
+    either the cluster has GPUs now or the model is a GPU model (memory.wants_gpu) on a cluster
+    that can grow (an autoscaler adds GPU nodes for the pending actors); else CPU actors of
+    cpus_per_actor each. --device cpu always gives CPU actors."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus:
-        return opts.actors or gpus, {"GPU": 1.0, "CPU": 1.0}, None
+    kind = (device or "").split(":")[0]
+    if kind == "cuda" or (not kind and (gpus or (gpu_model and can_scale))):
+        return opts.actors or max(gpus, 1), {"GPU": 1.0, "CPU": 1.0}, None
     return (opts.actors or 1, {"CPU": float(opts.cpus_per_actor)},
             opts.threads)
+
+
+def _gpu_capacity() -> int | None:
+    """Total memory of the GPU this task was given (None where torch sees no CUDA device)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+
+
+def _memory_check(ray: Any, job: Any, fp: Any, bundle: dict[str, float]
+                  ) -> Callable[[Any], None] | None:
+    """Before any actor loads: ask one placed GPU for its size and refuse a batch the plan
+    (vardist.models.memory) says cannot fit, naming the batch that does."""
+    if fp is None or not bundle.get("GPU"):
+        return None
+
+    def check(strategy: Any) -> None:
+        from vardist.io.conditions import InputError
+        from vardist.models import memory
+
+        probe = ray.remote(num_gpus=bundle["GPU"], num_cpus=bundle.get("CPU", 0))(_gpu_capacity)
+        capacity = ray.get(probe.options(scheduling_strategy=strategy).remote())
+        if capacity is None:
+            return
+        s = job.settings
+        try:
+            memory.check_fits(fp, capacity, batch=job.batch_size, n=s.n, scale=s.scale,
+                              cfg=s.cfg, where="each actor's GPU", model=job.model_name)
+        except memory.MemoryPlanError as e:
+            raise InputError(str(e), param="batch_size") from None
+
+    return check
 
 
 def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None, *,
@@ -405,10 +563,26 @@ class _Stage:
     def drive(self, batches: list[_Task]) -> None:
         # PNG writes (encoded by the actors) and log parts run on one helper thread, in order,
         # while the loop keeps the actors fed; at most one write per actor waits in its queue.
+        self._pin_numerics()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vardist-write") as writer:
             self._drive(batches, writer)
             for f in self.writes:
                 f.result()
+
+    def _pin_numerics(self) -> None:
+        """Every replica must compute alike (same device kind, torch, threads), and like the
+        replicas that made the images already in the folder: otherwise bytes would differ."""
+        infos = self.ray.get([h.info.remote() for h in self.actors.handles])
+        numerics = [i["numerics"] for i in infos]
+        odd = next((i for i, n in enumerate(numerics) if n != numerics[0]), None)
+        if odd is not None:
+            from vardist.io.conditions import InputError
+
+            raise InputError(f"the generator actors would not write the same bytes: actor 0 "
+                             f"runs with {numerics[0]}, actor {odd} with {numerics[odd]}; run "
+                             f"on nodes of one kind (same GPU model, torch and threads)",
+                             param="actors")
+        self.recorder.pin_numerics(numerics[0])
 
     def _drive(self, batches: list[_Task], writer: ThreadPoolExecutor) -> None:
         ray = self.ray

@@ -3,8 +3,11 @@ engine, so the local and the Ray engine write the same files the same way."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,7 +17,8 @@ import pyarrow as pa
 from vardist.engine.pipeline import Choice
 from vardist.engine.plan import Job, WorkItem
 from vardist.io import outputs
-from vardist.io.runlog import ROW_SCHEMA, RunLog
+from vardist.io.outputs import atomic_write_bytes
+from vardist.io.runlog import ROW_SCHEMA, RUN_JSON, ResumeMismatch, RunLog
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Result:
     image: np.ndarray | None = field(default=None, repr=False)
     maps: list[np.ndarray] | None = field(default=None, repr=False)
     resumed: bool = False  # finished by an earlier run on the same folder
+    # seconds this image took, by stage (pool, select, finish, write); None when resumed
+    seconds: dict[str, float] | None = field(default=None, repr=False)
 
 
 class SearchResults(list):
@@ -45,15 +51,30 @@ class SearchResults(list):
                  "path": str(r.path) if r.path else None, "resumed": r.resumed} for r in self]
         return pa.Table.from_pylist(rows)
 
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent per stage on the images this run computed (not the resumed ones):
+        each image's share of its batch's prefix + pool and continuation, its selection and
+        its write."""
+        total = dict.fromkeys(STAGES, 0.0)
+        for r in self:
+            for key, v in (r.seconds or {}).items():
+                total[key] += v
+        return total
+
     @property
     def images(self) -> list[np.ndarray]:
         """Every image, read back from disk where it was written."""
         return [r.image if r.image is not None else outputs.read_png(r.path) for r in self]
 
 
+STAGES = ("pool", "select", "finish", "write")
+
+
 class Recorder:
-    """Writes a run's outputs. Construct it after the checks (it opens run.json); then feed it
-    every computed batch with `record`, and `close` at the end."""
+    """Writes a run's outputs. Construct it after the checks, holding the output folder's lock
+    (search() takes it; outputs.folder_lock): it opens run.json and clears what a killed run
+    left (temporary files; prompt folders without an image). Then feed it every computed
+    batch with `record`, and `close` at the end."""
 
     def __init__(self, job: Job, config: dict[str, Any]) -> None:
         self.job = job
@@ -61,11 +82,15 @@ class Recorder:
         self.log = RunLog(self.out) if self.out else None
         self.finished: set[tuple[int, int]] = set()
         self.resumed = False
+        self.hostname = socket.gethostname()
+        self._bytes, self._images = 0, 0  # written by this run: the disk-full estimate
+        self.tags = {ci: _tag(line) for ci, line in job.prompt_lines.items()}
         if self.log:
             self.resumed = self.log.open(job.fingerprint(), config)
-            self.finished = self.log.finished() if self.resumed else set()
-            for ci, line in job.prompt_lines.items():
-                outputs.write_prompt_metadata(self.out, ci, line)
+            if self.resumed:
+                outputs.remove_stale_temps(self.out)
+                outputs.remove_empty_prompt_folders(self.out, job.prompt_lines)
+                self.finished = self.log.finished()
 
     def todo(self, batch: Sequence[WorkItem]) -> list[WorkItem]:
         return [it for it in batch if (it.condition_index, it.sample_index) not in self.finished]
@@ -94,11 +119,22 @@ class Recorder:
             if self.out:
                 rel = outputs.image_relpath(job.condition_kind, it.condition_index,
                                             it.sample_index)
-                if pngs is not None:
-                    outputs.atomic_write_bytes(self.out / rel, pngs[b])
-                else:
-                    outputs.save_png(self.out / rel, images[b])
+                try:
+                    if job.condition_kind == "prompt":  # the first image brings its folder
+                        outputs.write_prompt_image(
+                            self.out, it.condition_index, it.sample_index,
+                            job.prompt_lines[it.condition_index],
+                            pngs[b] if pngs is not None else outputs.png_bytes(images[b]))
+                    elif pngs is not None:
+                        outputs.atomic_write_bytes(self.out / rel, pngs[b])
+                    else:
+                        outputs.save_png(self.out / rel, images[b])
+                except outputs.DiskFull as e:
+                    raise self._disk_full(e) from e
                 res.path = self.out / rel
+                self._bytes += res.path.stat().st_size
+                res.seconds = {"pool": pool_seconds / B, "select": ch.seconds,
+                               "finish": finish_seconds / B, "write": time.perf_counter() - t0}
                 rows.append({"condition_index": it.condition_index,
                              "condition": str(it.condition), "sample_index": it.sample_index,
                              "seed": it.seed, "path": rel, "model": job.model_name,
@@ -106,9 +142,12 @@ class Recorder:
                              "chosen": ch.index, "branch": ch.branch,
                              "shortlist_size": len(ch.shortlist),
                              "density_max": ch.density_max, "density_mean": ch.density_mean,
-                             "density_chosen": ch.density_chosen, "t_pool": pool_seconds / B,
-                             "t_select": ch.seconds, "t_finish": finish_seconds / B,
-                             "t_write": time.perf_counter() - t0})
+                             "density_chosen": ch.density_chosen,
+                             **{f"t_{key}": v for key, v in res.seconds.items()},
+                             "run_id": self.log.run_id, "run_seed": job.seed,
+                             "timestamp": datetime.now(timezone.utc),
+                             "hostname": self.hostname,
+                             "tag": self.tags.get(it.condition_index)})
                 if job.log_candidates and ch.density is not None:
                     short = set(ch.shortlist)
                     cands += [{"condition_index": it.condition_index,
@@ -120,9 +159,37 @@ class Recorder:
                 res.maps = [np.array(m[b]) for m in maps]
             results.append(res)
         if self.log:
-            self.log.write_part(rows, cands)
+            try:
+                self._bytes += self.log.write_part(rows, cands)
+            except outputs.DiskFull as e:
+                raise self._disk_full(e, per_image=e.needed / max(len(rows), 1)) from e
+            self._images += len(rows)
             self.finished.update((r.item.condition_index, r.item.sample_index) for r in results)
         return results
+
+    def _disk_full(self, e: outputs.DiskFull, per_image: float | None = None
+                   ) -> outputs.DiskFull:
+        """The writer's DiskFull, with what the rest of the run needs: its images left times
+        the bytes per image (PNG and log) written so far (else the failed file's size)."""
+        left = len(self.job.items) - len(self.finished)
+        if self._images:
+            per_image = self._bytes / self._images
+        per_image = per_image if per_image is not None else e.needed
+        return outputs.DiskFull(e.path, e.needed, e.free,
+                                f"; the {left} images this run has left need about "
+                                f"{outputs.human_size(int(left * per_image))}")
+
+    def complete(self) -> SearchResults | None:
+        """The run's results when an earlier run on this folder finished every image (so
+        nothing needs a model), else None. Also writes what close() would (merged log,
+        grids), as a finished run's rerun does."""
+        if not self.resumed or len(self.finished) < len(self.job.items):
+            return None
+        todo, earlier = self.plan()
+        if todo:
+            return None
+        self.close()
+        return SearchResults(earlier[i] for i in sorted(earlier))
 
     def plan(self) -> tuple[list[tuple[int, list[WorkItem]]], dict[int, Result]]:
         """What is left of the job: (batch index, batch) pairs still to compute, and the results
@@ -149,6 +216,13 @@ class Recorder:
                                   path=self.out / row["path"], resumed=True))
         return out
 
+    def pin_numerics(self, numerics: dict[str, Any]) -> None:
+        """Record what this run's bytes depend on beyond its settings (the replicas' device,
+        torch version, threads: engine.pipeline.replica_numerics) in run.json; resuming a folder
+        that already holds images, refuse replicas whose numerics differ from the recorded."""
+        if self.log:
+            pin_numerics(self.out, numerics, has_images=bool(self.finished))
+
     def close(self) -> None:
         """Merge the log parts into the run log; write the prompts' grids when asked."""
         if not self.log:
@@ -163,3 +237,33 @@ class Recorder:
                 grid = self.out / f"{ci:05d}" / "grid.png"
                 if not grid.is_file() and all(p.is_file() for p in paths):
                     outputs.write_grid(self.out, ci, paths)
+
+
+def _tag(raw_line: str) -> str | None:
+    """GenEval's category of a prompt line ("single_object", "counting", ...), if it has one."""
+    try:
+        tag = json.loads(raw_line).get("tag")
+    except (ValueError, AttributeError):
+        return None
+    return tag if isinstance(tag, str) else None
+
+
+def pin_numerics(out: Path, numerics: dict[str, Any], has_images: bool) -> None:
+    """run.json's "numerics": written by the first run that makes images; a later run with other
+    numerics on a folder with images is refused (its bytes could differ by a level on some
+    pixels), one on a folder without images replaces them."""
+    path = out / RUN_JSON
+    doc = json.loads(path.read_text())
+    old = doc.get("numerics")
+    if old == numerics:
+        return
+    if old is not None and has_images:
+        diff = [f"{k}: this folder has {old.get(k, '<absent>')!r}, this run has "
+                f"{numerics.get(k, '<absent>')!r}" for k in sorted(set(old) | set(numerics))
+                if old.get(k) != numerics.get(k)]
+        raise ResumeMismatch(
+            f"{out} holds images made by model replicas with other numerics ({'; '.join(diff)}); "
+            f"their bytes would differ from this run's. Resume where these match (same device, "
+            f"torch version and threads), or choose a new --out.", param="out")
+    doc["numerics"] = numerics
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())

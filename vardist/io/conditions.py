@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 
 class InputError(ValueError):
@@ -67,6 +67,11 @@ def read_prompts(path: str | Path) -> list[PromptLine]:
 
 def prompts_from_strings(prompts: Iterable[str]) -> list[PromptLine]:
     """Prompts given directly (Python API); metadata.jsonl gets {"prompt": ...}."""
+    # a dict iterates over its keys (it ran the prompt "prompt"); a bare string over characters
+    if isinstance(prompts, (Mapping, str, bytes)) or not isinstance(prompts, Iterable):
+        raise InputError(f"prompts must be a JSONL file path or a list of prompt strings, got "
+                         f"{type(prompts).__name__} {_short(prompts)}; for one prompt pass "
+                         f'["a cat"]', param="prompts")
     out = []
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
@@ -84,6 +89,9 @@ def parse_classes(spec: str | int | Sequence[int], num_classes: int | None) -> l
         labels = _parse_class_string(spec, num_classes)
     elif isinstance(spec, int) and not isinstance(spec, bool):
         labels = [spec]
+    elif isinstance(spec, (Mapping, bytes)) or not isinstance(spec, Iterable):
+        raise InputError(f"classes must be a string like '0-9', an int or a list of ints, got "
+                         f"{type(spec).__name__} {_short(spec)}", param="classes")
     else:
         labels = list(spec)
         for c in labels:
@@ -124,8 +132,25 @@ def _parse_class_string(spec: str, num_classes: int | None) -> list[int]:
         if b < a:
             raise InputError(f"class range {part.strip()!r} is empty (end before start)",
                              param="classes")
+        # bounds by arithmetic, before a range is expanded (0-1000000000 was a MemoryError)
+        if num_classes is not None and b >= num_classes:
+            raise InputError(f"class {max(a, num_classes)} is outside this model's range "
+                             f"0..{num_classes - 1} (in {part.strip()!r})", param="classes")
+        if len(labels) + b - a + 1 > MAX_CLASSES:
+            raise InputError(f"classes {spec!r} lists {len(labels) + b - a + 1:,} labels or more, "
+                             f"above the {MAX_CLASSES:,} one run takes", param="classes")
         labels.extend(range(a, b + 1))
     return labels
+
+
+# The most class labels one run takes (ImageNet has 1000); a bound for models that do not say
+# how many classes they have, so a range is never expanded unchecked.
+MAX_CLASSES = 1_000_000
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 _CLASS_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")

@@ -5,10 +5,15 @@ Rows are written as one part file per finished batch (OUT/log/part-*.parquet, at
 the batch's PNGs), so a killed run loses at most the batch in flight. `merge()` folds the parts
 into OUT/runlog.parquet (and OUT/candidates.parquet). An image counts as finished when its PNG
 and its log row both exist.
+
+Every row also says which run made it and where: run_id (one per output folder's run, kept in
+run.json, the same across resumes), run_seed, a UTC timestamp, the hostname and, for GenEval
+prompt files, the prompt line's `tag`, so logs of several runs can be concatenated and grouped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import platform
@@ -46,6 +51,9 @@ ROW_SCHEMA = pa.schema([
     # its own selection, and its PNG write
     ("t_pool", pa.float64()), ("t_select", pa.float64()), ("t_finish", pa.float64()),
     ("t_write", pa.float64()),
+    # which run wrote the row, when and where; GenEval's category of the prompt (its "tag")
+    ("run_id", pa.string()), ("run_seed", pa.int64()),
+    ("timestamp", pa.timestamp("us", tz="UTC")), ("hostname", pa.string()), ("tag", pa.string()),
 ])
 CANDIDATE_SCHEMA = pa.schema([
     ("condition_index", pa.int64()), ("sample_index", pa.int64()), ("candidate", pa.int64()),
@@ -80,37 +88,61 @@ class RunLog:
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
         self.parts = self.out / PARTS_DIR
+        self.run_id: str | None = None  # set by open()
 
     # --- run.json -------------------------------------------------------------------------
     def open(self, fingerprint: dict[str, Any], config: dict[str, Any]) -> bool:
         """Start or continue a run. Writes run.json for a new run; for an existing one, raises
-        ResumeMismatch naming every setting that differs. Returns True when resuming."""
+        ResumeMismatch naming every setting that differs. Returns True when resuming. Sets
+        `run_id` (new for a new run; from run.json for a resumed one)."""
         path = self.out / RUN_JSON
         if path.is_file():
-            old = json.loads(path.read_text())
+            text = path.read_text()
+            old = json.loads(text)
             diff = _differences(old.get("fingerprint", {}), _jsonable(fingerprint))
+            # A run that failed before its first image (bad weights, a device that would not
+            # start) locks the folder to nothing: a corrected run starts afresh there.
+            if diff and not self._holds_images():
+                path.unlink()
+                return self.open(fingerprint, config)
             if diff:
                 raise ResumeMismatch(
                     f"{self.out} already holds a run with other settings ({'; '.join(diff)}). "
                     f"Rerun with the same settings to resume it, or choose a new --out.",
                     param="out")
+            # runs written before run ids existed: a stable id from their run.json
+            self.run_id = old.get("run_id") or hashlib.sha256(text.encode()).hexdigest()[:32]
             return True
-        doc = {"fingerprint": fingerprint, "config": config, "versions": package_versions()}
+        self.run_id = uuid.uuid4().hex
+        doc = {"run_id": self.run_id, "fingerprint": fingerprint, "config": config,
+               "versions": package_versions()}
         atomic_write_bytes(path, (json.dumps(_jsonable(doc), indent=2) + "\n").encode())
         return False
 
+    def _holds_images(self) -> bool:
+        """Whether an earlier run left any image or log row here (any PNG, any log file)."""
+        if self._files(LOG_FILE, "part-"):
+            return True
+        return next(self.out.rglob("*.png"), None) is not None
+
     # --- rows -----------------------------------------------------------------------------
     def write_part(self, rows: list[dict[str, Any]], candidates: list[dict[str, Any]] | None = None
-                   ) -> None:
-        """Append the rows of one finished batch (and its per-candidate rows)."""
+                   ) -> int:
+        """Append the rows of one finished batch (and its per-candidate rows); returns the
+        bytes written."""
         if not rows:
-            return
+            return 0
         tag = f"{rows[0]['batch']:06d}-{uuid.uuid4().hex[:8]}"
-        if candidates:
-            atomic_write_bytes(self.parts / f"cand-{tag}.parquet",
-                               _table_bytes(pa.Table.from_pylist(candidates, CANDIDATE_SCHEMA)))
-        atomic_write_bytes(self.parts / f"part-{tag}.parquet",
-                           _table_bytes(pa.Table.from_pylist(rows, ROW_SCHEMA)))
+        files = [(f"part-{tag}.parquet", pa.Table.from_pylist(rows, ROW_SCHEMA))]
+        if candidates:  # candidates first: a part file means the batch is logged whole
+            files.insert(0, (f"cand-{tag}.parquet",
+                             pa.Table.from_pylist(candidates, CANDIDATE_SCHEMA)))
+        written = 0
+        for name, table in files:
+            data = _table_bytes(table)
+            atomic_write_bytes(self.parts / name, data)
+            written += len(data)
+        return written
 
     def rows(self) -> pa.Table:
         """Every logged image row (merged log + parts), one per (condition, sample), sorted."""

@@ -54,6 +54,12 @@ class ModelSpec:
     num_classes: int | None = None         # class-conditional models
     # builder(spec, files: dict[official file name -> Path], device: str) -> ScaleWiseGenerator
     builder: Callable = field(default=None, compare=False, repr=False)
+    # configs() -> the family's config objects (e.g. (VARConfig, VQVAEConfig)), read without
+    # weights: vardist.models.memory plans GPU memory from them before anything loads.
+    configs: Callable[[], tuple] | None = field(default=None, compare=False, repr=False)
+    # fixture_dir() -> the folder a test model's weights are read from instead of --weights
+    # (raises FileNotFoundError when absent): `vardist models` says "fixture", not "bundled".
+    fixture_dir: Callable[[], Path] | None = field(default=None, compare=False, repr=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -118,18 +124,24 @@ def find_weight_files(spec: ModelSpec, weights_dir: str | Path | None) -> dict[s
 
 def _find_in(root: Path, fname: str) -> Path | None:
     direct = root / fname
-    if direct.is_file() or (direct / "config.json").is_file():  # a file, or a model folder (T5)
+    if direct.is_file() or _is_model_folder(direct):  # a file, or a model folder (T5, shards)
         return direct
     # Hugging Face hub cache: ROOT[/hub]/models--ORG--NAME/snapshots/<rev>/FILE
     for hub in (root, root / "hub"):
         if hub.is_dir():
             for snap in sorted(hub.glob(f"models--*/snapshots/*/{fname}")):
-                if snap.is_file():
+                if snap.is_file() or _is_model_folder(snap):
                     return snap
             # a whole repository as the folder: models--ORG--FNAME/snapshots/<rev>/
             for cfg in sorted(hub.glob(f"models--*--{fname}/snapshots/*/config.json")):
                 return cfg.parent
     return None
+
+
+def _is_model_folder(path: Path) -> bool:
+    """A folder that holds a model: a transformers folder (config.json) or a sharded
+    safetensors checkpoint (an index json beside its shards, e.g. Infinity-8B's)."""
+    return path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.safetensors.index.json")))
 
 
 def missing_weights_error(spec: ModelSpec, weights_dir: str | Path | None) -> FileNotFoundError:

@@ -74,4 +74,4 @@ register(ModelSpec(
     defaults=SearchDefaults(scale=1, n=100, strategy="var-scaling", alpha=2.3, rep=10,
                             cfg=1.0, top_k=64, top_p=0.96),
     files=(), source="trained by `python -m vardist.zoo.train`",
-    num_scales=4, condition_kind="class", num_classes=10, builder=build))
+    num_scales=4, condition_kind="class", num_classes=10, builder=build, configs=read_configs))

@@ -10,6 +10,7 @@ with its default VAR-style CFG ramp.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from vardist.models.registry import ModelSpec, SearchDefaults, register
@@ -73,4 +74,5 @@ for _depth, _file in VAR_FILES.items():
         description=f"FlexVAR-d{_depth} (FID {FID[_depth]}), ImageNet 256x256 class-conditional, "
                     f"flexible scale schedules",
         defaults=DEFAULTS, files=(VAE_FILE, _file), source=SOURCE,
-        num_scales=10, condition_kind="class", num_classes=1000, builder=build))
+        num_scales=10, condition_kind="class", num_classes=1000, builder=build,
+        configs=partial(official_configs, _depth)))

@@ -1,5 +1,7 @@
-"""The BSQ VAE of Infinity (`infinity_vae_d32reg.pth`): a stride-16 conv autoencoder whose 32-channel
-latent is quantised scale by scale with binary spherical quantisation (one bit per channel).
+"""The BSQ VAEs of Infinity: `infinity_vae_d32reg.pth` (2B: a stride-16, 5-level conv autoencoder
+with a 32-channel latent) and `infinity_vae_d56_f8_14_patchify.pth` (8B: stride 8, 4 levels, a
+14-channel latent). The latent is quantised scale by scale with binary spherical quantisation (one
+bit per channel); the sizes come from BSQVAEConfig.
 
 Module names follow the checkpoint: every conv and norm sits inside a wrapper (`conv_in.conv`,
 `norm1.norm`, `downsample.conv.conv`), so the official keys load one for one."""
@@ -155,14 +157,36 @@ def bits_to_codes(bits: torch.Tensor) -> torch.Tensor:
     return codes / codes.norm(dim=-1, keepdim=True)
 
 
+def patchify_bits(bits: torch.Tensor, patch: int) -> torch.Tensor:
+    """VAE-layout bits [B, p*h, p*w, d] -> token grid [B, h, w, d*p*p]: channel k of a token holds
+    bit k // p^2 of VAE cell (p*y + (k % p^2) // p, p*x + k % p) (`pixel_unshuffle`, channel-major
+    as the reference). patch 1 returns the input."""
+    if patch == 1:
+        return bits
+    return F.pixel_unshuffle(bits.permute(0, 3, 1, 2), patch).permute(0, 2, 3, 1)
+
+
+def unpatchify_bits(tokens: torch.Tensor, patch: int) -> torch.Tensor:
+    """Token grid [B, h, w, d*p*p] -> VAE-layout bits [B, p*h, p*w, d] (`pixel_shuffle`); the
+    inverse of patchify_bits."""
+    if patch == 1:
+        return tokens
+    return F.pixel_shuffle(tokens.permute(0, 3, 1, 2), patch).permute(0, 2, 3, 1)
+
+
 def next_scale_input(summed: torch.Tensor, codes_hw: torch.Tensor,
-                     next_hw: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     next_hw: tuple[int, int] | None, patch: int = 1
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Accumulate one scale's codes [B, d, h, w] into the full-size sum [B, d, H, W] (trilinear up)
-    and return (new sum, next scale's transformer input [B, h'*w', d] or None at the last scale)."""
+    and return (new sum, next scale's transformer input [B, h'*w', d*patch^2] or None at the last
+    scale). next_hw is on the VAE grid; with patch > 1 the resampled sum is pixel-unshuffled
+    after resampling (resampling the unshuffled grid would give other numbers)."""
     summed = summed + _resize(codes_hw, tuple(summed.shape[-2:]), "trilinear")
     if next_hw is None:
         return summed, None
     nxt = _resize(summed, next_hw, "trilinear")
+    if patch > 1:
+        nxt = F.pixel_unshuffle(nxt, patch)
     return summed, nxt.flatten(2).transpose(1, 2)
 
 

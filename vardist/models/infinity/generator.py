@@ -1,9 +1,15 @@
 """Infinity behind the scale-wise generator interface, plus the reference-parity entry points.
 
-Codes are the 32 bits of every position, uint8 0/1 [B, P, 32]; the embedding the KDE measures is
-the same bits as float32 (as the authors' code does). Each bit is one sampling position with two
-outcomes, drawn through vardist.models.sampling: at scale k the uniforms of item b come from
-item_stream(seed_b, k), row j for candidate j, P*32 numbers per row.
+Codes are the bits of every token, uint8 0/1 [B, P, d]: d = 32 for 2B, 56 for 8B (whose token holds
+2x2 VAE cells of 14 bits, channel k = 4c + 2i + j: `pixel_unshuffle` of the VAE grid, which is
+twice the token grid in each direction). The embedding the KDE measures is the same bits as
+float32 (as the authors' code does). Each bit is one sampling position with two outcomes, drawn
+through vardist.models.sampling: at scale k the uniforms of item b come from item_stream(seed_b, k),
+row j for candidate j, P*d numbers per row.
+
+Two bit layouts: the token layout [B, h*w, d] (sampler, logits, search codes) and the VAE layout
+[B, p*h, p*w, d/p^2] (encode, decode_bits, the bits generate returns); the parity entry points
+accept either, with or without the reference's singleton time axis [B, 1, ...].
 
 Guidance (Sampling.cfg, constant over scales as the reference): with
 `options["cfg_insertion_layer"] == 0` (the GenEval setting) the logits of both halves are divided
@@ -23,7 +29,8 @@ from typing import Sequence
 import torch
 
 from vardist.models.checkpoint import read_state_dict
-from vardist.models.infinity.bsq_vae import BSQVAE, BSQVAEConfig, bits_to_codes, load_vae, next_scale_input
+from vardist.models.infinity.bsq_vae import (BSQVAE, BSQVAEConfig, bits_to_codes, load_vae, next_scale_input,
+                                             patchify_bits, unpatchify_bits)
 from vardist.models.infinity.schedules import full_schedule, scale_schedule
 from vardist.models.infinity.transformer import (Infinity, InfinityConfig, TextCond, block_causal_mask,
                                                  load_infinity, rope_table)
@@ -38,9 +45,9 @@ class _Run:
     text: TextCond
     guided: bool                 # rows are [cond; uncond]
     kv: list[list]               # per block: [k, v] of the scales run so far
-    summed: torch.Tensor         # [B, d, H, W]: the upsampled codes of the scales fed so far
+    summed: torch.Tensor         # [B, d_vae, H, W] on the VAE grid: the upsampled codes so far
     x_next: torch.Tensor         # [bs, P, C]: the input tokens of the next scale
-    pending: torch.Tensor | None = None  # sampler logits [B, P, 32, 2] of the next scale
+    pending: torch.Tensor | None = None  # sampler logits [B, P, d, 2] of the next scale
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -50,7 +57,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 class InfinityGenerator(ScaleWiseGenerator):
     family = "infinity"
-    code_shape = (32,)
+    code_shape: tuple[int, ...] = (32,)   # per instance: (cfg.d_vae,), 56 for 8B
     condition_kind = "prompt"
 
     def __init__(self, transformer: Infinity, vae: BSQVAE, schedule: Sequence[tuple[int, int]],
@@ -61,7 +68,14 @@ class InfinityGenerator(ScaleWiseGenerator):
         self.vae, self.text_encoder = vae.eval().requires_grad_(False), text_encoder
         self.device = torch.device(device)
         self.schedule = tuple((int(h), int(w)) for h, w in schedule)
+        self.patch = p = transformer.cfg.patch
+        self.vae_schedule = tuple((p * h, p * w) for h, w in self.schedule)
         self.embed_dim = transformer.cfg.d_vae
+        self.code_shape = (self.embed_dim,)
+        if vae.cfg.codebook_dim != transformer.cfg.vae_bits:
+            raise ValueError(f"the VAE has {vae.cfg.codebook_dim} bits per cell but the transformer takes "
+                             f"{transformer.cfg.vae_bits} ({transformer.cfg.d_vae} per token, patch "
+                             f"{p}); pair each transformer with its own VAE")
         self.h_div_w = h_div_w
         if len(self.schedule) > transformer.cfg.num_levels:
             raise ValueError(f"{len(self.schedule)} scales but the model has {transformer.cfg.num_levels} levels")
@@ -98,9 +112,9 @@ class InfinityGenerator(ScaleWiseGenerator):
         with torch.no_grad(), self._amp():
             t = self.transformer.encode_text(text, guided)
         B = len(seeds)
-        H, W = self.schedule[-1]
+        H, W = self.vae_schedule[-1]
         run = _Run(t, guided, [[] for _ in self.transformer.blocks],
-                   torch.zeros(B, self.embed_dim, H, W, device=self.device),
+                   torch.zeros(B, self.transformer.cfg.vae_bits, H, W, device=self.device),
                    self.transformer.sos_tokens(t))
         return GenState(list(conditions), [int(s) for s in seeds], sampling, cache=run)
 
@@ -114,7 +128,7 @@ class InfinityGenerator(ScaleWiseGenerator):
     @torch.no_grad()
     def _forward(self, state: GenState, x: torch.Tensor, scales: range, cache: bool) -> torch.Tensor:
         """Run tokens x [bs, L, C] of `scales` (after the cached ones) and return the sampler's
-        logits [B, L, 32, 2]: divided by tau and CFG-mixed."""
+        logits [B, L, d, 2]: divided by tau and CFG-mixed."""
         run, smp, m = state.cache, state.sampling, self.transformer
         B, lo, hi = state.batch_size, self._offsets[scales.start], self._offsets[scales.stop]
         def lv(r: range) -> torch.Tensor:
@@ -148,7 +162,7 @@ class InfinityGenerator(ScaleWiseGenerator):
         return run.pending
 
     def _sample(self, state: GenState, logits: torch.Tensor, streams, m: int) -> torch.Tensor:
-        """m rows of every item's stream -> codes [B, m, P, 32] uint8."""
+        """m rows of every item's stream -> codes [B, m, P, d] uint8."""
         B, P, d, _ = logits.shape
         smp = state.sampling
         flat = filter_top_k_top_p(logits.reshape(B, P * d, 2), smp.top_k, smp.top_p)
@@ -159,7 +173,7 @@ class InfinityGenerator(ScaleWiseGenerator):
         want = (state.batch_size, self.positions(state.next_scale), self.embed_dim)
         if tuple(codes.shape) != want:
             raise ValueError(f"codes for scale {state.next_scale} must have shape {want} "
-                             f"([B, h*w, 32] bits), got {tuple(codes.shape)}")
+                             f"([B, h*w, {self.embed_dim}] bits), got {tuple(codes.shape)}")
         if codes.is_floating_point() or bool(((codes != 0) & (codes != 1)).any()):
             raise ValueError("Infinity codes must be integer 0/1 bits")
         return codes.to(torch.uint8)
@@ -202,9 +216,11 @@ class InfinityGenerator(ScaleWiseGenerator):
         scale's input tokens [bs, P', C] (None after the last scale)."""
         run, s, B = state.cache, state.next_scale, state.batch_size
         h, w = self.schedule[s]
-        hw = bits_to_codes(codes.to(self.device).view(B, h, w, -1)).permute(0, 3, 1, 2)
-        nxt = self.schedule[s + 1] if s + 1 < self.num_scales else None
-        run.summed, inp = next_scale_input(run.summed, hw, nxt)
+        # the codes are normalised per 14-bit VAE cell, so unshuffle to the VAE grid first
+        vae_bits = unpatchify_bits(codes.to(self.device).view(B, h, w, -1), self.patch)
+        hw = bits_to_codes(vae_bits).permute(0, 3, 1, 2)
+        nxt = self.vae_schedule[s + 1] if s + 1 < self.num_scales else None
+        run.summed, inp = next_scale_input(run.summed, hw, nxt, self.patch)
         state.maps.append(codes.cpu())
         if inp is None:
             return None
@@ -238,26 +254,57 @@ class InfinityGenerator(ScaleWiseGenerator):
             run.pending, run.x_next = logits[:, self._offsets[K]:], xs[-1]
         return state
 
+    # -- bit layouts ---------------------------------------------------------------------------------
+    def token_bits(self, bits: torch.Tensor, s: int) -> torch.Tensor:
+        """Bits of scale s in any accepted layout -> the token layout [B, h*w, d].
+
+        Accepted: token layout [B, h*w, d], token grid [B, h, w, d], VAE layout
+        [B, p*h, p*w, d/p^2], each optionally with the reference's time axis of 1 after B."""
+        h, w = self.schedule[s]
+        p, d = self.patch, self.embed_dim
+        if bits.ndim == 5 and bits.shape[1] == 1:
+            bits = bits[:, 0]
+        shape = tuple(bits.shape[1:])
+        if shape == (h * w, d):
+            return bits
+        if shape == (h, w, d):
+            return bits.reshape(bits.shape[0], h * w, d)
+        if shape == (p * h, p * w, d // (p * p)):
+            return patchify_bits(bits, p).reshape(bits.shape[0], h * w, d)
+        raise ValueError(f"bits of scale {s} must be [B, {h * w}, {d}] (tokens) or [B, {p * h}, {p * w}, "
+                         f"{d // (p * p)}] (VAE grid), optionally with a time axis of 1 after B; got "
+                         f"{tuple(bits.shape)}")
+
+    def vae_bits(self, bits: torch.Tensor, s: int) -> torch.Tensor:
+        """Bits of scale s in any accepted layout -> the VAE layout [B, p*h, p*w, d/p^2]."""
+        h, w = self.schedule[s]
+        t = self.token_bits(bits, s)
+        return unpatchify_bits(t.reshape(t.shape[0], h, w, -1), self.patch)
+
     # -- reference-parity API (text given as encoder features) ------------------------------------
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Images [-1, 1] [B, 3, H, W] -> bits per scale [B, h, w, 32] (uint8 0/1)."""
-        return self.vae.encode_bits(images.to(self.device), self.schedule)[0]
+        """Images [-1, 1] [B, 3, H, W] -> bits per scale in the VAE layout [B, p*h, p*w, d/p^2]
+        (uint8 0/1; [B, h, w, 32] for 2B, [B, 2h, 2w, 14] for 8B)."""
+        return self.vae.encode_bits(images.to(self.device), self.vae_schedule)[0]
 
     def decode_bits(self, bits: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Bits per scale [B, h, w, 32] -> images float in [-1, 1], [B, 3, H, W]."""
-        return self.vae.decode_bits([b.to(self.device) for b in bits])
+        """Bits per scale (any accepted layout) -> images float in [-1, 1], [B, 3, H, W]."""
+        if len(bits) != self.num_scales:
+            raise ValueError(f"give the bits of all {self.num_scales} scales, got {len(bits)}")
+        return self.vae.decode_bits([self.vae_bits(b.to(self.device), s) for s, b in enumerate(bits)])
 
     @torch.no_grad()
     def teacher_forced_logits(self, text: Sequence[torch.Tensor], bits: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The training forward: logits [B, L, 32, 2] of every token of the schedule given the
-        bits of every scale [B, h, w, 32] (conditional only, no guidance, no cache)."""
+        """The training forward: logits [B, L, d, 2] of every token of the schedule (token layout)
+        given the bits of every scale in any accepted layout (conditional only, no guidance, no
+        cache)."""
         if len(bits) != self.num_scales:
             raise ValueError(f"give the bits of all {self.num_scales} scales, got {len(bits)}")
         B = len(text)
         state = self._open(text, list(text), [0] * B, Sampling())
         xs = [state.cache.x_next]
-        for b in bits[:-1]:
-            xs.append(self._feed(state, self._check_codes(state, b.reshape(B, -1, self.embed_dim))))
+        for s, b in enumerate(bits[:-1]):
+            xs.append(self._feed(state, self._check_codes(state, self.token_bits(b, s))))
         return self._forward(state, torch.cat(xs, 1), range(0, self.num_scales), cache=False)
 
     @torch.no_grad()
@@ -265,22 +312,27 @@ class InfinityGenerator(ScaleWiseGenerator):
                  seeds: Sequence[int], cfg_insertion_layer: int = 0,
                  forced_bits: Sequence[torch.Tensor] | None = None, decode: bool = True):
         """The reference's autoregressive_infer_cfg on encoder features: (images uint8 RGB
-        [B, H, W, 3], bits per scale [B, h, w, 32], sampler logits per scale [B, h*w, 32, 2]).
-        `forced_bits` replays given bits instead of sampling (the reference's gt_leak);
-        decode=False skips the VAE and returns None for the images."""
+        [B, H, W, 3], bits per scale in the VAE layout [B, p*h, p*w, d/p^2], sampler logits per
+        scale in the token layout [B, h*w, d, 2]). `forced_bits` replays given bits (any accepted
+        layout, e.g. a fixture's recorded [B, 1, 2h, 2w, 14]) instead of sampling (the
+        reference's gt_leak); decode=False skips the VAE and returns None for the images."""
         smp = Sampling(cfg=cfg, top_k=top_k, top_p=top_p, tau=tau,
                        options={"cfg_insertion_layer": cfg_insertion_layer})
+        if forced_bits is not None:
+            if len(forced_bits) != self.num_scales:
+                raise ValueError(f"forced_bits must hold all {self.num_scales} scales, got {len(forced_bits)}")
+            forced_bits = [self.token_bits(b, s) for s, b in enumerate(forced_bits)]  # checked up front
         state = self._open(text, list(text), seeds, smp)
         B, logits = len(seeds), []
         for s in range(self.num_scales):
             lg = self._pending(state)
             logits.append(lg)
             if forced_bits is not None:
-                codes = forced_bits[s].reshape(B, -1, self.embed_dim)
+                codes = forced_bits[s]
             else:
                 codes = self._sample(state, lg, [item_stream(sd, s) for sd in state.seeds], 1)[:, 0]
             self.advance(state, codes)
-        bits = [m.view(B, h, w, -1) for m, (h, w) in zip(state.maps, self.schedule)]
+        bits = [unpatchify_bits(m.view(B, h, w, -1), self.patch) for m, (h, w) in zip(state.maps, self.schedule)]
         return (self._decode(state) if decode else None), bits, logits
 
 
@@ -308,22 +360,32 @@ def build(transformer_sd, vae_sd, icfg: InfinityConfig, vcfg: BSQVAEConfig, *, h
 
 def fixture_configs(config: dict) -> tuple[InfinityConfig, BSQVAEConfig]:
     """The model configurations recorded in a fixture's config.json."""
-    icfg = InfinityConfig.from_kwargs({**config.get("infinity_defaults_used", {}), **config["infinity_kwargs"]})
     a = config["vae_autoencoder_args"]
+    icfg = InfinityConfig.from_kwargs({**config.get("infinity_defaults_used", {}), **config["infinity_kwargs"]},
+                                      vae_bits=a["codebook_dim"])
     if a["encoder_ch_mult"] != a["decoder_ch_mult"] or a.get("quantizer_type") != "MultiScaleBSQ":
         raise ValueError("only the MultiScaleBSQ VAE with equal encoder/decoder channel multipliers is supported")
+    stride = 2 ** (len(a["encoder_ch_mult"]) - 1)
+    if a.get("patch_size", stride) != stride:
+        raise ValueError(f"VAE patch_size {a['patch_size']} does not match its {len(a['encoder_ch_mult'])} "
+                         f"levels (stride {stride})")
     return icfg, BSQVAEConfig(base_ch=a["base_ch"], ch_mult=tuple(a["encoder_ch_mult"]),
                               num_res_blocks=a["num_res_blocks"], codebook_dim=a["codebook_dim"])
 
 
-def from_fixture(folder: str | Path, *, text_encoder=None, device: str = "cpu") -> InfinityGenerator:
-    """The tiny reference model of a fixture folder (config.json, infinity.pth, vae.pth)."""
+def from_fixture(folder: str | Path, *, text_encoder=None, device: str = "cpu",
+                 transformer: str | Path = "infinity.pth") -> InfinityGenerator:
+    """The tiny reference model of a fixture folder (config.json, infinity.pth, vae.pth).
+    transformer: the transformer weights, relative to the folder: a .pth file or a sharded
+    safetensors folder (e.g. infinity8b-tiny's "infinity_sharded")."""
+    from vardist.models.infinity.sharded import read_transformer_weights
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not an Infinity fixture folder (no config.json)")
     config = json.loads((folder / "config.json").read_text())
     icfg, vcfg = fixture_configs(config)
     sched = [(h, w) for _, h, w in config["scale_schedule"]]
-    return build(read_state_dict(folder / "infinity.pth"), read_state_dict(folder / "vae.pth", unwrap=("vae",)),
+    return build(read_transformer_weights(folder / transformer), read_state_dict(folder / "vae.pth", unwrap=("vae",)),
                  icfg, vcfg, h_div_w=float(config["h_div_w_template"]), text_encoder=text_encoder,
                  device=device, schedule=sched)

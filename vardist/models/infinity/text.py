@@ -30,9 +30,22 @@ class ByteTokenizer:
 
 
 class T5TextEncoder:
-    def __init__(self, model, tokenize, *, max_length: int = 512, device: str | torch.device = "cpu") -> None:
-        self.model = model.eval().requires_grad_(False).to(device)
-        self.tokenize, self.max_length, self.device = tokenize, max_length, torch.device(device)
+    """`device`: where the encoder runs. `park`: where it waits between batches (None: on
+    `device`); with park="cpu" and a CUDA device the weights move to the GPU for one batch's
+    prompts and back (issue 18: flan-t5-xl's ~2.4 GB in fp16 off a 24 GB card between batches).
+    The features are the same either way; they are returned on `device`."""
+
+    def __init__(self, model, tokenize, *, max_length: int = 512, device: str | torch.device = "cpu",
+                 park: str | torch.device | None = None) -> None:
+        self.device = torch.device(device)
+        self.park = None if park is None else torch.device(park)  # kept when equal: a no-op move
+        self.model = model.eval().requires_grad_(False).to(self.park or self.device)
+        self.tokenize, self.max_length = tokenize, max_length
+
+    @property
+    def resident(self) -> torch.device:
+        """Where the weights are between batches."""
+        return self.park or self.device
 
     @property
     def channels(self) -> int:
@@ -41,12 +54,18 @@ class T5TextEncoder:
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> list[torch.Tensor]:
         # one prompt at a time, unpadded: a prompt's features then never depend on its batch
-        out = []
-        for p in prompts:
-            ids, mask = self.tokenize([p], self.max_length)
-            h = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            out.append(h[0, :int(mask.sum())].float())
-        return out
+        if self.park is not None:
+            self.model.to(self.device)
+        try:
+            out = []
+            for p in prompts:
+                ids, mask = self.tokenize([p], self.max_length)
+                h = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+                out.append(h[0, :int(mask.sum())].float())
+            return out
+        finally:
+            if self.park is not None:
+                self.model.to(self.park)
 
 
 def _transformers():
@@ -57,9 +76,10 @@ def _transformers():
     return transformers
 
 
-def flan_t5(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> T5TextEncoder:
+def flan_t5(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+            park: str | torch.device | None = None) -> T5TextEncoder:
     """Flan-T5-XL's encoder and tokenizer from a local folder (a Hugging Face snapshot); fp16 on
-    CUDA like the reference, fp32 on the CPU."""
+    CUDA like the reference, fp32 on the CPU. park: see T5TextEncoder."""
     tf = _transformers()
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -74,11 +94,11 @@ def flan_t5(folder: str | Path, device: str | torch.device = "cpu", dtype: torch
         enc = tok(prompts, max_length=max_length, padding="longest", truncation=True, return_tensors="pt")
         return enc.input_ids, enc.attention_mask
 
-    return T5TextEncoder(model, tokenize, device=device)
+    return T5TextEncoder(model, tokenize, device=device, park=park)
 
 
 def tiny_t5(d_model: int, *, seed: int = 0, layers: int = 2, heads: int = 4,
-            device: str | torch.device = "cpu") -> T5TextEncoder:
+            device: str | torch.device = "cpu", park: str | torch.device | None = None) -> T5TextEncoder:
     """A small random T5 encoder (fixed seed) with the byte tokenizer: no files, no download."""
     tf = _transformers()
     cfg = tf.T5Config(vocab_size=ByteTokenizer.vocab_size, d_model=d_model, d_kv=d_model // heads,
@@ -87,4 +107,4 @@ def tiny_t5(d_model: int, *, seed: int = 0, layers: int = 2, heads: int = 4,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = tf.T5EncoderModel(cfg)
-    return T5TextEncoder(model, ByteTokenizer(), device=device)
+    return T5TextEncoder(model, ByteTokenizer(), device=device, park=park)

@@ -26,7 +26,7 @@ from vardist.models.checkpoint import load_exact
 # Constructor switches of the reference and the only values this implementation supports.
 _FIXED_SWITCHES = {
     "shared_aln": True, "use_bit_label": 1, "add_lvl_embeding_only_first_block": 1,
-    "rope2d_each_sa_layer": 1, "rope2d_normalized_by_hw": 2, "apply_spatial_patchify": 0,
+    "rope2d_each_sa_layer": 1, "rope2d_normalized_by_hw": 2,
     "cos_attn": True, "rms_norm": False, "swiglu": False, "head_aln": True,
     "cross_attn_layer_scale": -1.0, "nm0": False, "head_depth": 1,
 }
@@ -34,7 +34,11 @@ _FIXED_SWITCHES = {
 
 @dataclass(frozen=True)
 class InfinityConfig:
-    """Sizes of an Infinity transformer; the defaults are Infinity-2B (`2bc8`)."""
+    """Sizes of an Infinity transformer; the defaults are Infinity-2B (`2bc8`).
+
+    `patch` is the reference's spatial patchify factor: 1 for 2B, 2 for 8B
+    (`apply_spatial_patchify=1`), where one token carries the bits of patch x patch VAE cells
+    (d_vae = 4 x 14 = 56) and the VAE grid is twice the token grid in each direction."""
 
     depth: int = 32
     embed_dim: int = 2048
@@ -44,10 +48,14 @@ class InfinityConfig:
     text_maxlen: int = 512
     block_chunks: int = 8
     norm_eps: float = 1e-6
-    d_vae: int = 32               # bits per position
+    d_vae: int = 32               # bits per token (= VAE bits x patch^2)
     num_levels: int = 15          # rows of lvl_embed
+    patch: int = 1                # VAE cells per token along each axis
 
     def __post_init__(self) -> None:
+        if self.patch < 1 or self.d_vae % (self.patch * self.patch):
+            raise ValueError(f"d_vae {self.d_vae} must be a multiple of patch^2 = {self.patch ** 2} "
+                             f"(patch {self.patch} must be >= 1)")
         if self.embed_dim % self.num_heads or self.depth % self.block_chunks:
             raise ValueError(f"embed_dim {self.embed_dim} must divide by num_heads {self.num_heads} "
                              f"and depth {self.depth} by block_chunks {self.block_chunks}")
@@ -55,6 +63,11 @@ class InfinityConfig:
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    @property
+    def vae_bits(self) -> int:
+        """Bits of one VAE cell (the BSQ VAE's codebook_dim)."""
+        return self.d_vae // (self.patch * self.patch)
 
     @property
     def ffn_hidden(self) -> int:
@@ -65,17 +78,23 @@ class InfinityConfig:
         return self.text_channels // (128 if self.embed_dim <= 4096 else 64)
 
     @classmethod
-    def from_kwargs(cls, kwargs: Mapping) -> "InfinityConfig":
-        """From the reference constructor's keyword arguments (e.g. a fixture's config.json);
-        raises ValueError naming a switch this implementation does not support."""
+    def from_kwargs(cls, kwargs: Mapping, vae_bits: int = 32) -> "InfinityConfig":
+        """From the reference constructor's keyword arguments (e.g. a fixture's config.json) and
+        the VAE's codebook_dim; raises ValueError naming a switch this implementation does not
+        support."""
         for k, want in _FIXED_SWITCHES.items():
             if k in kwargs and kwargs[k] != want:
                 raise ValueError(f"Infinity option {k}={kwargs[k]!r} is not supported "
                                  f"(only {k}={want!r}, the setting of the released checkpoints)")
+        patchify = kwargs.get("apply_spatial_patchify", 0)
+        if patchify not in (0, 1):
+            raise ValueError(f"Infinity option apply_spatial_patchify={patchify!r} is not supported "
+                             f"(0: the 2B layout, 1: the 8B layout)")
+        patch = 2 if patchify else 1  # the reference's pixel_(un)shuffle factor
         return cls(depth=kwargs["depth"], embed_dim=kwargs["embed_dim"], num_heads=kwargs["num_heads"],
                    mlp_ratio=kwargs.get("mlp_ratio", 4.0), text_channels=kwargs["text_channels"],
                    text_maxlen=kwargs.get("text_maxlen", 512), block_chunks=kwargs.get("block_chunks", 1),
-                   norm_eps=kwargs.get("norm_eps", 1e-6))
+                   norm_eps=kwargs.get("norm_eps", 1e-6), d_vae=vae_bits * patch * patch, patch=patch)
 
 
 def _ln(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ runs once whether the caller samples (`run_scales`) or draws a pool and then `ad
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -16,9 +17,26 @@ import torch
 
 from vardist.models.checkpoint import load_exact, read_state_dict
 from vardist.models.interface import GenState, Sampling, ScaleWiseGenerator
-from vardist.models.sampling import batch_uniforms, filter_top_k_top_p, item_stream, sample_tokens
+from vardist.models.sampling import (POOL_SAMPLINGS, NarrowingDraws, batch_uniforms,
+                                     filter_top_k_top_p, item_stream, sample_tokens)
 from vardist.models.var.transformer import KVCache, VARConfig, VARTransformer
 from vardist.models.var.vqvae import VQVAE, VQVAEConfig
+
+
+# "fp16": the authors' run.py precision, fp16 autocast with TF32 matmuls / convolutions, on CUDA
+AUTOCAST_MODES = ("off", "fp16")
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """TF32 for fp32 matmuls and convolutions inside the block only (run.py sets it globally;
+    here it is restored so other models in the process keep their precision)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @dataclass
@@ -47,13 +65,18 @@ class VARGenerator(ScaleWiseGenerator):
     code_shape = ()
     condition_kind = "class"
 
-    def __init__(self, vae: VQVAE, var: VARTransformer, device: str | torch.device = "cpu") -> None:
+    def __init__(self, vae: VQVAE, var: VARTransformer, device: str | torch.device = "cpu",
+                 autocast: str = "off") -> None:
         vc, tc = vae.cfg, var.cfg
+        if autocast not in AUTOCAST_MODES:
+            raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}")
         if (vc.vocab_size, vc.z_channels, tuple(vc.patch_nums)) != (tc.vocab_size, tc.Cvae, tuple(tc.patch_nums)):
             raise ValueError(
                 f"VQVAE and transformer disagree: vocab {vc.vocab_size} vs {tc.vocab_size}, Cvae "
                 f"{vc.z_channels} vs {tc.Cvae}, patch_nums {vc.patch_nums} vs {tc.patch_nums}")
         self.device = torch.device(device)
+        # the reference autocasts on 'cuda' only, so on the CPU "fp16" changes nothing
+        self.autocast = autocast
         self.vae = vae.to(self.device).eval()
         self.var = var.to(self.device).eval()
         self.schedule = tuple((pn, pn) for pn in tc.patch_nums)
@@ -66,7 +89,7 @@ class VARGenerator(ScaleWiseGenerator):
     @classmethod
     def from_state_dicts(cls, vae_cfg: VQVAEConfig, var_cfg: VARConfig,
                          vae_sd: Mapping[str, torch.Tensor], var_sd: Mapping[str, torch.Tensor],
-                         device: str | torch.device = "cpu") -> "VARGenerator":
+                         device: str | torch.device = "cpu", autocast: str = "off") -> "VARGenerator":
         """Build both modules without random init (weights always come from files) and load the
         state dicts key for key; recomputable buffers may be absent."""
         with torch.device("meta"):
@@ -76,12 +99,23 @@ class VARGenerator(ScaleWiseGenerator):
         var.reset_buffers()
         load_exact(vae, vae_sd, what=f"the VQVAE {vae_cfg}", optional=("ema_vocab_hit_SV",))
         load_exact(var, var_sd, what=f"the VAR transformer {var_cfg}", optional=VARTransformer.RECOMPUTABLE)
-        return cls(vae, var, device)
+        return cls(vae, var, device, autocast)
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """The generation forward's precision: fp32, or run.py's fp16 autocast + TF32 on CUDA
+        (transformer steps, f_hat updates and the decoder, as run.py wraps the whole call)."""
+        if self.autocast != "fp16" or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(_tf32(True))
+        stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
+        return stack
 
     # ------------------------------------------------------------------ scale-wise interface
     @torch.inference_mode()
     def start(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling) -> GenState:
         conditions, seeds = self.check_batch(conditions, seeds)
+        _pool_sampling(sampling)  # unknown options fail before any work
         B, n = len(seeds), self.schedule[-1][0]
         labels = torch.tensor(conditions + [self.var.null_class] * B, device=self.device)
         cache = VARCache(cond=self.var.cond(labels), kv=KVCache(self.var.cfg.depth),
@@ -96,7 +130,8 @@ class VARGenerator(ScaleWiseGenerator):
             if si >= S:
                 raise ValueError(f"all {S} scales are done; nothing left to sample")
             x = None if c.x_next is None else c.x_next.repeat(2, 1, 1)
-            lg = self.var.step(c.cond, x, si, c.kv)
+            with self._precision():
+                lg = self.var.step(c.cond, x, si, c.kv).float()
             t = state.sampling.cfg * si / (S - 1) if S > 1 else 0.0
             mixed = (1 + t) * lg[:B] - t * lg[B:]
             if state.sampling.tau != 1.0:  # the reference has no temperature; tau = 1 keeps it exact
@@ -108,8 +143,9 @@ class VARGenerator(ScaleWiseGenerator):
         """Add scale next_scale's token map to f_hat and prepare the next scale's input."""
         c: VARCache = state.cache
         si = state.next_scale
-        c.f_hat = self.vae.quantize.add_scale(c.f_hat, si, idx)
-        c.x_next = self.vae.quantize.next_input(c.f_hat, si) if si < self.num_scales - 1 else None
+        with self._precision():
+            c.f_hat = self.vae.quantize.add_scale(c.f_hat, si, idx).float()  # f_hat stays fp32
+            c.x_next = self.vae.quantize.next_input(c.f_hat, si) if si < self.num_scales - 1 else None
         c.logits = None
         state.maps.append(idx.cpu())
 
@@ -130,10 +166,13 @@ class VARGenerator(ScaleWiseGenerator):
         si = state.next_scale
         logits = self._logits(state)
         streams = [item_stream(s, si) for s in state.seeds]
+        sp = state.sampling
+        # the same uniforms rows either way: only the distribution of candidates 1.. differs
+        narrowing = NarrowingDraws(logits, sp.top_k, sp.top_p) if _pool_sampling(sp) == "authors" else None
         out = []
         for start in range(0, n, chunk):
             u = batch_uniforms(streams, min(chunk, n - start), logits.shape[1], self.device)
-            out.append(sample_tokens(logits, u).cpu())
+            out.append((sample_tokens(logits, u) if narrowing is None else narrowing.draw(u)).cpu())
         return torch.cat(out, 1)
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
@@ -160,7 +199,9 @@ class VARGenerator(ScaleWiseGenerator):
 
     def _finish01(self, state: GenState) -> torch.Tensor:
         self.run_scales(state, self.num_scales)
-        return self.vae.fhat_to_img(state.cache.f_hat).add(1).mul(0.5)
+        with self._precision():
+            img = self.vae.fhat_to_img(state.cache.f_hat)
+        return img.float().add(1).mul(0.5)
 
     @torch.inference_mode()
     def resume(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling,
@@ -175,9 +216,11 @@ class VARGenerator(ScaleWiseGenerator):
                                  f"got {m.dtype} {tuple(m.shape)}")
         maps = [m.long().to(self.device) for m in maps]
         c: VARCache = state.cache
-        c.f_hat, xs = self.vae.quantize.accumulate(maps)
-        x = torch.cat(xs[:k], 1).repeat(2, 1, 1) if k > 0 else None
-        self.var.prefill(c.cond, x, k, c.kv)  # one block-causal pass over scales 0..k
+        with self._precision():
+            c.f_hat, xs = self.vae.quantize.accumulate(maps)
+            c.f_hat = c.f_hat.float()
+            x = torch.cat(xs[:k], 1).repeat(2, 1, 1) if k > 0 else None
+            self.var.prefill(c.cond, x, k, c.kv)  # one block-causal pass over scales 0..k
         c.x_next = xs[k] if k < self.num_scales - 1 else None
         state.maps = [m.cpu() for m in maps]
         return state
@@ -214,21 +257,32 @@ class VARGenerator(ScaleWiseGenerator):
         return self._finish01(state).cpu(), list(state.maps)
 
 
+def _pool_sampling(sampling: Sampling) -> str:
+    """The pool sampler named in the sampling options (VAR's only option), checked."""
+    unknown = set(sampling.options) - {"pool_sampling"}
+    if unknown:
+        raise ValueError(f"unknown VAR sampling options {sorted(unknown)}; VAR takes pool_sampling")
+    mode = sampling.options.get("pool_sampling", "iid")
+    if mode not in POOL_SAMPLINGS:
+        raise ValueError(f"pool_sampling must be one of {', '.join(POOL_SAMPLINGS)}, got {mode!r}")
+    return mode
+
+
 def configs_from_reference(config: Mapping) -> tuple[VQVAEConfig, VARConfig]:
     """The reference builder's arguments (as stored in a fixture's cases.pt) -> our configs."""
-    if config.get("shared_aln", False):
-        raise ValueError("shared_aln=True (the 512px d36 layout) is not supported; use shared_aln=False models")
     pn = tuple(config["patch_nums"])
     vae = VQVAEConfig(vocab_size=config["V"], z_channels=config["Cvae"], ch=config["ch"],
                       share_quant_resi=config.get("share_quant_resi", 4), patch_nums=pn)
     var = VARConfig(depth=config["depth"], embed_dim=config["embed_dim"], num_heads=config["num_heads"],
                     vocab_size=config["V"], Cvae=config["Cvae"], num_classes=config["num_classes"],
                     mlp_ratio=config.get("mlp_ratio", 4.0), norm_eps=config.get("norm_eps", 1e-6),
-                    attn_l2_norm=config.get("attn_l2_norm", True), patch_nums=pn)
+                    attn_l2_norm=config.get("attn_l2_norm", True), patch_nums=pn,
+                    shared_aln=bool(config.get("shared_aln", False)))
     return vae, var
 
 
-def from_fixture(folder: str | Path, device: str | torch.device = "cpu") -> VARGenerator:
+def from_fixture(folder: str | Path, device: str | torch.device = "cpu",
+                 autocast: str = "off") -> VARGenerator:
     """Load a reference fixture folder (cases.pt with `config`, vae.pth, var.pth) as a VARGenerator."""
     folder = Path(folder)
     cases = folder / "cases.pt"
@@ -237,4 +291,4 @@ def from_fixture(folder: str | Path, device: str | torch.device = "cpu") -> VARG
     config = torch.load(cases, map_location="cpu", weights_only=True)["config"]
     vae_cfg, var_cfg = configs_from_reference(config)
     return VARGenerator.from_state_dicts(vae_cfg, var_cfg, read_state_dict(folder / "vae.pth"),
-                                         read_state_dict(folder / "var.pth"), device)
+                                         read_state_dict(folder / "var.pth"), device, autocast)

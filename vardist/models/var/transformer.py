@@ -24,7 +24,8 @@ from vardist.models.var.vqvae import VAR_PATCH_NUMS
 @dataclass(frozen=True)
 class VARConfig:
     """Defaults are VAR-d16. Released depths use width = 64 * depth and heads = depth
-    (`VARConfig.for_depth`)."""
+    (`VARConfig.for_depth`). `shared_aln`: one AdaLN projection for all blocks plus a learned
+    per-block offset (the 512px VAR-d36 layout) instead of one projection per block."""
 
     depth: int = 16
     embed_dim: int = 1024                  # C
@@ -36,6 +37,7 @@ class VARConfig:
     norm_eps: float = 1e-6
     attn_l2_norm: bool = True
     patch_nums: tuple[int, ...] = VAR_PATCH_NUMS
+    shared_aln: bool = False
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -124,20 +126,28 @@ class FFN(nn.Module):
 class AdaLNSelfAttn(nn.Module):
     """Transformer block modulated by the condition: LayerNorm (no affine) then scale/shift, and
     each residual branch multiplied by a gate; the six vectors come from `ada_lin(cond)` in the
-    order gamma1, gamma2, scale1, scale2, shift1, shift2."""
+    order gamma1, gamma2, scale1, scale2, shift1, shift2.
+
+    With `shared_aln` the block has no projection of its own: `cond` is then the model's shared
+    projection [B, 1, 6, C] and the six vectors are that plus the block's `ada_gss` offset."""
 
     def __init__(self, C: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
-                 attn_l2_norm: bool = True) -> None:
+                 attn_l2_norm: bool = True, shared_aln: bool = False) -> None:
         super().__init__()
         self.C = C
+        self.shared_aln = shared_aln
         self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
         self.attn = SelfAttention(C, num_heads, attn_l2_norm)
         self.ffn = FFN(C, round(C * mlp_ratio))
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        if shared_aln:
+            self.ada_gss = nn.Parameter(torch.zeros(1, 1, 6, C))
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        g1, g2, s1, s2, b1, b2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
+        gss = self.ada_gss + cond if self.shared_aln else self.ada_lin(cond).view(-1, 1, 6, self.C)
+        g1, g2, s1, s2, b1, b2 = gss.unbind(2)
         x = x + self.attn(self.ln_wo_grad(x) * (s1 + 1) + b1, attn_bias, cache, layer) * g1
         return x + self.ffn(self.ln_wo_grad(x) * (s2 + 1) + b2) * g2
 
@@ -183,8 +193,11 @@ class VARTransformer(nn.Module):
         self.pos_start = nn.Parameter(torch.zeros(1, 1, C))
         self.pos_1LC = nn.Parameter(torch.zeros(1, L, C))
         self.lvl_embed = nn.Embedding(len(cfg.patch_nums), C)
+        # shared AdaLN (d36): one projection of the condition for every block, computed once
+        # per forward in run_blocks; the head keeps its own (head_nm.ada_lin) in both layouts
+        self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C)) if cfg.shared_aln else None
         self.blocks = nn.ModuleList([
-            AdaLNSelfAttn(C, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.attn_l2_norm)
+            AdaLNSelfAttn(C, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.attn_l2_norm, cfg.shared_aln)
             for _ in range(cfg.depth)])
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
@@ -228,6 +241,8 @@ class VARTransformer(nn.Module):
 
     def run_blocks(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None = None,
                    cache: KVCache | None = None) -> torch.Tensor:
+        if self.shared_ada_lin is not None:
+            cond = self.shared_ada_lin(cond).view(-1, 1, 6, self.cfg.embed_dim)
         for i, blk in enumerate(self.blocks):
             x = blk(x, cond, attn_bias, cache, i)
         return x

@@ -1,0 +1,118 @@
+"""vardist.models.memory: the plan made before loading agrees with the tensors a loaded model
+really holds (CPU build: parameter bytes, KV cache, pool), the registry's full-size models get a
+plan from their specs alone, and a batch that cannot fit is refused naming what fits."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vardist.models import memory, registry
+from vardist.models.interface import Sampling
+
+
+def _tensor_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return registry.load("toy-digits", device="cpu")
+
+
+def test_weights_match_the_loaded_toy_model(toy):
+    fp = memory.footprint("toy-digits")
+    plan = memory.estimate(fp, batch=1, n=1, scale=0, device="cpu")
+    measured = _tensor_bytes(toy.var) + _tensor_bytes(toy.vae)
+    assert plan.weights == measured
+
+
+def test_kv_cache_and_pool_match_measured_tensors(toy):
+    fp = memory.footprint("toy-digits")
+    B, n, k = 3, 40, 1
+    state = toy.start([0, 1, 2], [5, 6, 7], Sampling(cfg=1.5, top_k=64, top_p=0.96))
+    toy.run_scales(state, k)
+    pool = toy.draw_pool(state, n)
+    toy.run_scales(state, toy.num_scales)  # the whole schedule cached: the largest KV cache
+    kv = state.cache.kv
+    measured_kv = sum(t.numel() * t.element_size() for t in (*kv.k, *kv.v))
+    plan = memory.estimate(fp, batch=B, n=n, scale=k, cfg=1.5, device="cpu")
+    assert plan.kv_cache == measured_kv
+    # the pool estimate covers the candidates drawn (ids) with the sampling transients on top
+    assert pool.numel() * pool.element_size() <= plan.pool <= 4 * pool.numel() * pool.element_size() + 10**6
+
+
+def test_infinity_plan_from_the_fixture_configs_matches_the_loaded_model():
+    try:
+        model = registry.load("infinity-tiny", device="cpu")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    fp = memory.footprint_from_configs((model.transformer.cfg, model.vae.cfg),
+                                       num_scales=model.num_scales)
+    plan = memory.estimate(fp, batch=1, n=1, scale=0, device="cpu")
+    assert plan.weights == _tensor_bytes(model.transformer) + _tensor_bytes(model.vae)
+    # on a GPU the blocks are bf16: half their fp32 bytes
+    chunks = model.transformer.block_chunks
+    blocks = sum(t.numel() for t in (*chunks.parameters(), *chunks.buffers())
+                 if t.is_floating_point())
+    cuda = memory.estimate(fp, batch=1, n=1, scale=0, device="cuda")
+    assert plan.weights - cuda.weights == 2 * blocks
+
+
+@pytest.mark.parametrize("name", ["var-d16", "var-d30", "flexvar-d24", "infinity-2b", "infinity-8b"])
+def test_full_size_models_plan_from_specs_alone(name):
+    fp = memory.footprint(name)
+    assert fp is not None and memory.wants_gpu(fp)
+    d = registry.get_spec(name).defaults
+    one, two = (memory.estimate(fp, batch=b, n=d.n, scale=d.scale, cfg=d.cfg) for b in (1, 2))
+    assert two.total > one.total > fp.params  # weights of at least one byte each
+    assert two.kv_cache == 2 * one.kv_cache   # the KV cache is per item
+
+
+def test_infinity_2b_agrees_with_the_documented_budget():
+    # docs/infinity.md: 2,148,860,416 parameters in the blocks (stored bf16), 5.5 GB of bf16 KV
+    # cache per image with CFG; 2 images fit 24 GB, 12 fit 80 GB.
+    fp = memory.footprint("infinity-2b")
+    parts = {name: (numbers, cuda) for name, numbers, cuda, _ in fp.weights}
+    assert parts["blocks"] == (2_148_860_416, 2 * 2_148_860_416)
+    plan = memory.estimate(fp, batch=1, n=3000, scale=3, cfg=4.0)
+    assert 5.4e9 < plan.kv_cache < 5.6e9
+    assert memory.largest_batch(fp, 24 * memory.GB, n=3000, scale=3, cfg=4.0) == 2
+    assert memory.largest_batch(fp, 80 * memory.GB, n=3000, scale=3, cfg=4.0) == 12
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_what_fits():
+    fp = memory.footprint("infinity-2b")
+    with pytest.raises(memory.MemoryPlanError) as e:
+        memory.check_fits(fp, 24 * memory.GB, batch=8, n=3000, scale=3, cfg=4.0,
+                          model="infinity-2b", where="cuda:0")
+    msg = str(e.value)
+    assert "infinity-2b" in msg and "batch 8" in msg and "cuda:0" in msg
+    assert "--batch-size 2" in msg
+    with pytest.raises(memory.MemoryPlanError, match="does not fit even at batch 1"):
+        memory.check_fits(memory.footprint("infinity-8b"), 24 * memory.GB, batch=1, n=3000,
+                          scale=3, cfg=4.0, model="infinity-8b")
+    assert memory.check_fits(fp, 80 * memory.GB, batch=8, n=3000, scale=3, cfg=4.0).total \
+        < 80 * memory.GB
+
+
+def test_small_models_stay_on_the_cpu():
+    assert not memory.wants_gpu(memory.footprint("toy-digits"))
+    assert not memory.wants_gpu(None)
+
+
+def test_models_memory_table_fits_80_columns():
+    from vardist_cli.main import app
+
+    r = CliRunner().invoke(app, ["models", "--memory"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in registry.specs():  # every model has a row, its name whole
+        assert any(re.match(rf"\s*{re.escape(name)}\s", line) for line in lines), name
+    row = next(line for line in lines if re.match(r"\s*infinity-2b\s", line)).split()
+    ((_, weights, per_item, fits),) = memory.table_rows(["infinity-2b"])
+    assert row == ["infinity-2b", weights, per_item, *fits]
