@@ -5,6 +5,7 @@ image itself (prefix scales 0-2, then scales 3-6 and the VAE decode).
     python benchmarks/infinity_pool.py                 # n = 500 3000 10000, one prompt
     python benchmarks/infinity_pool.py --n 3000 --repeats 3
     python benchmarks/infinity_pool.py --n 3000 --e2e 16   # + vardist.search end to end, 16 prompts
+    python benchmarks/infinity_pool.py --model infinity-8b-tiny --n 3000 10000   # 56-bit tokens
 
 Columns: seconds to draw the pool (CFG-mixed logits computed once, bits drawn in chunks), the KDE
 (vardist.selection.kde_density, method auto) and the rule (strategy "infinity"), their sum as a
@@ -16,7 +17,8 @@ local engine selects on a helper thread while the model works on the neighbourin
 
 The tiny model's transformer is ~1000x cheaper than Infinity-2B while the pool/KDE cost depends
 only on n, P = 36 and d = 32, so on the tiny model the share is an upper bound of the 2B share
-(docs/infinity.md works out the 2B numbers).
+(docs/infinity.md works out the 2B numbers). --model infinity-8b-tiny runs the 8B path's fixture
+(56 bits per token, 14-bit VAE; its transformer read from the two-shard folder).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(n: int, repeats: int, chunk: int, queue) -> None:
+def measure(name: str, n: int, repeats: int, chunk: int, queue) -> None:
     import numpy as np
     import torch
 
@@ -57,8 +59,8 @@ def measure(n: int, repeats: int, chunk: int, queue) -> None:
     from vardist.selection import kde_density, select
 
     torch.manual_seed(0)
-    model = load("infinity-tiny", device="cpu")
-    d = get_spec("infinity-tiny").defaults
+    model = load(name, device="cpu")
+    d = get_spec(name).defaults
     smp = Sampling(cfg=d.cfg, top_k=d.top_k, top_p=d.top_p, tau=d.tau)
     rows = []
     for r in range(repeats):
@@ -91,6 +93,7 @@ def measure(n: int, repeats: int, chunk: int, queue) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=("infinity-tiny", "infinity-8b-tiny"), default="infinity-tiny")
     ap.add_argument("--n", type=int, nargs="+", default=[500, 3000, 10000])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=1024)
@@ -99,7 +102,8 @@ def main() -> None:
                          "strategy infinity at n = 3000 vs none")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
-    print("infinity-tiny, scale 3 (6x6 = 36 positions x 32 bits), cfg 4, top_p 0.97, strategy infinity, "
+    bits = 56 if args.model == "infinity-8b-tiny" else 32
+    print(f"{args.model}, scale 3 (6x6 = 36 positions x {bits} bits), cfg 4, top_p 0.97, strategy infinity, "
           f"one prompt, best of {args.repeats}")
     head = (f"{'n':>6} {'pool s':>8} {'kde s':>8} {'select s':>9} {'search s':>9} {'image s':>8} "
             f"{'search/image':>13} {'extra peak MB':>14}")
@@ -107,7 +111,7 @@ def main() -> None:
     print("-" * len(head))
     for n in args.n:
         q = ctx.Queue()
-        p = ctx.Process(target=measure, args=(n, args.repeats, args.chunk, q))
+        p = ctx.Process(target=measure, args=(args.model, n, args.repeats, args.chunk, q))
         p.start()
         rows = q.get()
         p.join()
@@ -119,10 +123,10 @@ def main() -> None:
               f"{100 * search / image:>12.1f}% {mem:>14}")
     print("image s = prefix (scales 0-2) + finishing (scales 3-6 from the chosen map, VAE decode)")
     if args.e2e:
-        end_to_end(args.e2e, 3000, args.repeats)
+        end_to_end(args.model, args.e2e, 3000, args.repeats)
 
 
-def end_to_end(prompts: int, n: int, repeats: int) -> None:
+def end_to_end(name: str, prompts: int, n: int, repeats: int) -> None:
     """Wall time of `vardist.search` (local engine, GenEval layout written) with the search
     against plain sampling: the engine selects on a helper thread while the model draws the next
     batch's pool and finishes the previous batch, so this is what the search adds to a run."""
@@ -133,7 +137,7 @@ def end_to_end(prompts: int, n: int, repeats: int) -> None:
     import vardist
     from vardist.models import load
 
-    model = load("infinity-tiny", device="cpu")
+    model = load(name, device="cpu")
     shared = Path(os.environ.get("VARDIST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     geneval = shared / "data" / "geneval.jsonl"
     lines = [json.loads(x)["prompt"] for x in geneval.read_text().splitlines()[:prompts]] \

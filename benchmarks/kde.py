@@ -1,14 +1,17 @@
 """KDE timings: the authors' formulation against vardist's methods, on VAR- and Infinity-shaped pools.
 
     python3 benchmarks/kde.py [--quick] [--threads 2] [--repeat 1]
+    python3 benchmarks/kde.py --width 56 --data bits --P 36 --n 3000 10000   # Infinity-8B pools
 
 Rows: P = 36 (Infinity scale 3) and P = 4 (VAR scale 1), d = 32, token-like pools (peaked
 categorical over a random 4096 x 32 codebook) and bit pools (see vardist/selection/synthetic.py),
-n in {1e3, 3e3, 1e4, 1e5} (--quick: 1e3, 3e3). Columns: seconds for the authors' formulation
-(float32 torch.cdist over all n x n pairs per position, their code path) and for each method,
-the speed-up of auto over the authors' code, and the max relative difference of each method
-against exact (float64; rows marked * compare against grouped where exact is skipped). Every
-ratio comes from one run on one machine; both sides get the same thread count.
+n in {1e3, 3e3, 1e4, 1e5} (--quick: 1e3, 3e3). --width sets d (Infinity-8B's tokens carry 56
+bits: 2x2 VAE cells of 14); --data, --P and --n restrict the rows. Columns: seconds for the
+authors' formulation (float32 torch.cdist over all n x n pairs per position, their code path)
+and for each method, the speed-up of auto over the authors' code, the max relative difference
+of each method against exact (float64; rows marked * compare against grouped where exact is
+skipped), and the mean number of distinct vectors per position (U/pos). Every ratio comes from
+one run on one machine; both sides get the same thread count.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ def timed(fn, repeat: int):
     return best, out
 
 
-def distinct_pairs(x: np.ndarray) -> float:
-    return float(sum(len(np.unique(x[:, i], axis=0)) ** 2 for i in range(x.shape[1])))
+def distinct_counts(x: np.ndarray) -> list[int]:
+    """Distinct vectors U at each position (what the grouped plans and FAISS work on)."""
+    return [len(np.unique(x[:, i], axis=0)) for i in range(x.shape[1])]
 
 
 def main() -> None:
@@ -61,7 +65,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="n in {1e3, 3e3} only")
     ap.add_argument("--threads", type=int, default=2, help="threads for torch, BLAS and faiss")
     ap.add_argument("--repeat", type=int, default=1, help="best of this many runs per cell")
+    ap.add_argument("--width", type=int, default=32, help="dims per position d (56: Infinity-8B bits)")
+    ap.add_argument("--data", choices=("tokens", "bits"), nargs="+", default=["tokens", "bits"])
+    ap.add_argument("--P", type=int, nargs="+", default=[36, 4], help="positions per pool")
+    ap.add_argument("--n", type=int, nargs="+", help="pool sizes (default: see --quick)")
     args = ap.parse_args()
+    if args.width < 1:
+        ap.error(f"--width must be >= 1, got {args.width}")
 
     import faiss
     import torch
@@ -74,23 +84,26 @@ def main() -> None:
     except ImportError:
         limits = contextlib.nullcontext()
 
-    ns = [1_000, 3_000] if args.quick else [1_000, 3_000, 10_000, 100_000]
+    ns = args.n or ([1_000, 3_000] if args.quick else [1_000, 3_000, 10_000, 100_000])
     cols = ["authors", "exact", "grouped", "faiss", "auto"]
-    print(f"threads={args.threads} repeat={args.repeat}  (seconds; '-' = skipped, see notes)")
+    print(f"threads={args.threads} repeat={args.repeat} d={args.width}  (seconds; '-' = skipped, see notes)")
     print(f"{'P':>3} {'data':>6} {'n':>7} | " + " ".join(f"{c:>8}" for c in cols)
-          + f" | {'authors/auto':>12} | max rel diff vs exact: {'grouped':>8} {'faiss':>8} {'auto':>8} {'authors':>8}")
+          + f" | {'authors/auto':>12} | max rel diff vs exact: {'grouped':>8} {'faiss':>8} {'auto':>8} {'authors':>8}"
+          + f" | {'U/pos':>6}")
     with limits:
-        for P in (36, 4):
-            for kind, make in (("tokens", token_pool), ("bits", bit_pool)):
+        for P in args.P:
+            for kind in args.data:
+                make = token_pool if kind == "tokens" else bit_pool
                 for n in ns:
-                    x = make(n, P, seed=n + P)
+                    x = make(n, P, args.width, seed=n + P)
                     t, out = {}, {}
                     if n <= AUTHORS_MAX_N:
                         t["authors"], out["authors"] = timed(lambda: authors_density(x), args.repeat)
                     if n <= EXACT_MAX_N:
                         t["exact"], out["exact"] = timed(lambda: kde_density(x, "exact"), args.repeat)
                     t["grouped"], out["grouped"] = timed(lambda: kde_density(x, "grouped"), args.repeat)
-                    if distinct_pairs(x) <= FAISS_MAX_PAIRS:
+                    distinct = distinct_counts(x)
+                    if sum(u * u for u in distinct) <= FAISS_MAX_PAIRS:
                         t["faiss"], out["faiss"] = timed(lambda: kde_density(x, "faiss"), args.repeat)
                     t["auto"], out["auto"] = timed(lambda: kde_density(x, "auto"), args.repeat)
                     ref_name = "exact" if "exact" in out else "grouped"
@@ -102,7 +115,8 @@ def main() -> None:
                     print(f"{P:>3} {kind:>6} {n:>7} | "
                           + " ".join(f"{t[c]:8.3f}" if c in t else f"{'-':>8}" for c in cols)
                           + f" | {speed} |{mark}                      "
-                          + " ".join(diff[m] for m in ("grouped", "faiss", "auto", "authors")), flush=True)
+                          + " ".join(diff[m] for m in ("grouped", "faiss", "auto", "authors"))
+                          + f" | {np.mean(distinct):6.0f}", flush=True)
     print(f"notes: authors skipped for n > {AUTHORS_MAX_N} (n x n float32 per position does not fit), "
           f"exact for n > {EXACT_MAX_N} (hours), faiss where the distinct-vector pairs exceed "
           f"{FAISS_MAX_PAIRS:.0e} (flat index: U^2 work).")

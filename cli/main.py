@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from click.core import ParameterSource
 from typer.core import TyperCommand
 
 from vardist._version import __version__
-from vardist.engine import BANDWIDTHS, ENGINES
+from vardist.engine import (AUTOCAST_MODES, BANDWIDTHS, ENGINES, POOL_SAMPLINGS, PRESETS,
+                            TEXT_DEVICES)
 from vardist.selection import METHODS as KDE_METHODS
 from vardist.selection import METRICS, STRATEGIES
 
@@ -62,6 +66,10 @@ Engine = _choices("Engine", ENGINES)
 Bandwidth = _choices("Bandwidth", BANDWIDTHS)
 KdeMethod = _choices("KdeMethod", KDE_METHODS)
 Metric = _choices("Metric", METRICS)
+PoolSampling = _choices("PoolSampling", POOL_SAMPLINGS)
+Preset = _choices("Preset", PRESETS)
+Autocast = _choices("Autocast", AUTOCAST_MODES)
+TextDevice = _choices("TextDevice", TEXT_DEVICES)
 
 
 def _listed(values: tuple[str, ...]) -> str:
@@ -75,7 +83,8 @@ def _value(choice: Optional[Enum]) -> Optional[str]:
 # The authors' option names (the VAR-Scaling code's run.py) and ours, for a pointer instead of
 # click's nearest-spelling guess (it offered --samples for --scaling_samples).
 AUTHORS_OPTIONS = {"--scaling_samples": "--n", "--scaling_scale": "--scale",
-                   "--scaling_alpha": "--alpha", "--scaling_rep_num": "--rep"}
+                   "--scaling_alpha": "--alpha", "--scaling_rep_num": "--rep",
+                   "--num_images_per_class": "--samples"}
 
 
 class _SearchCommand(TyperCommand):
@@ -126,7 +135,8 @@ def search(
     model: str = typer.Option("toy-digits", help="Registry name (see `vardist models`).",
                               rich_help_panel=MODEL),
     prompts: Optional[Path] = typer.Option(
-        None, help="GenEval-style JSONL prompt file (one {\"prompt\": ...} object per line).",
+        None, help="GenEval-style JSONL prompt file (one {\"prompt\": ...} object per line); "
+        "toy-geneval.jsonl: toy-shapes' shipped evaluation prompts.",
         rich_help_panel=SEARCH),
     classes: Optional[str] = typer.Option(
         None, help="Class labels: '0-9', '1,3,5-7' or 'all' (class-conditional models).",
@@ -205,18 +215,36 @@ def search(
     schedule: Optional[str] = typer.Option(
         None, help="FlexVAR: scale schedule as side lengths, e.g. 1,2,3,4,5,6,7,8,9,10,12,14,16.",
         rich_help_panel=MODEL),
-    pool_sampling: Optional[str] = typer.Option(
-        None, help="VAR candidate sampler: iid, or authors (the released code's narrowing one: "
-        "candidate j drawn after j+1 top-p cuts) (default iid; authors with --preset authors).",
+    pool_sampling: Optional[PoolSampling] = typer.Option(
+        None, metavar="NAME", help=f"VAR candidate sampler, {_listed(POOL_SAMPLINGS)}: i.i.d., "
+        "or the released code's narrowing one (candidate j drawn after j+1 top-p cuts) "
+        "(default iid; authors with --preset authors).",
         rich_help_panel=SAMPLING),
-    preset: Optional[str] = typer.Option(
-        None, help="authors: the authors' run.py (VAR) in one flag: --samples 50, one class "
-        "per batch, --bandwidth batch, --pool-sampling authors, scale 1, n 50, alpha 2.3, rep "
-        "10, cfg 1, top-k 900, top-p 0.96. Options given explicitly override it.",
+    preset: Optional[Preset] = typer.Option(
+        None, metavar="NAME", help="authors: the authors' run.py (VAR) in one flag: --samples "
+        "50, one class per batch, --bandwidth batch, --pool-sampling authors, scale 1, n 50, "
+        "alpha 2.3, rep 10, cfg 1, top-k 900, top-p 0.96 (on a GPU add --autocast fp16). "
+        "Options given explicitly override it.",
         rich_help_panel=SEARCH),
-    autocast: Optional[str] = typer.Option(
-        None, help="VAR checkpoints: fp16 = run.py's fp16 autocast with TF32 on CUDA (no-op on "
-        "the CPU) (default off).", rich_help_panel=MODEL),
+    autocast: Optional[Autocast] = typer.Option(
+        None, metavar="NAME", help=f"VAR checkpoints, {_listed(AUTOCAST_MODES)}: fp16 is run.py's "
+        "fp16 autocast with TF32 on CUDA (no-op on the CPU) (default off).", rich_help_panel=MODEL),
+    text_device: Optional[TextDevice] = typer.Option(
+        None, metavar="WHERE", help=f"Infinity models, {_listed(TEXT_DEVICES)}: keep the T5 text "
+        "encoder on the CPU (fp32, frees ~2.4 GB of GPU memory; features differ by rounding) or "
+        "offload it there between batches (same numbers, slower) (default: beside the model).",
+        rich_help_panel=MODEL),
+    verifier: Optional[str] = typer.Option(
+        None, metavar="NAME", help="Image reward (see `vardist verifiers`), loaded beside the "
+        "model; alone it scores the kept image (logged as reward).", rich_help_panel=SEARCH),
+    verifier_weights: Optional[Path] = typer.Option(
+        None, "--verifier-weights", metavar="DIR", help="Folder with the verifier's weights "
+        "(else $VARDIST_WEIGHTS, then the Hugging Face cache; nothing is downloaded).",
+        rich_help_panel=SEARCH),
+    rerank: Optional[int] = typer.Option(
+        None, metavar="K", help="With --verifier: finish the first K shortlisted candidates, "
+        "score them and keep the best (--strategy random-k --k 8 --rerank 8 is best-of-8).",
+        rich_help_panel=SEARCH),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar.", rich_help_panel=OUTPUT),
     json_summary: bool = typer.Option(
         False, "--json", help="Print a JSON summary at the end (counts, seconds, paths, seconds "
@@ -227,13 +255,15 @@ def search(
     from vardist.api import search as run_search
     from vardist.io.conditions import InputError
     from vardist.io.outputs import DiskFull
+    from vardist.models.checkpoint import CheckpointError
+    from vardist.verifiers.base import MissingVerifierWeights
 
     ray_opts = {key: v for key, v in (("address", address), ("actors", actors)) if v is not None}
     samples = _samples(samples, per_class, per_prompt, prompts)
     if ctx.get_parameter_source("weights") == ParameterSource.ENVIRONMENT:
         weights = None  # the library reads $VARDIST_WEIGHTS itself, for models that use it
     start = time.perf_counter()
-    with _ProgressBar(quiet, to_stderr=json_summary) as bar:
+    with _ProgressBar(quiet, to_stderr=json_summary) as bar, _warnings_as_lines():
         try:
             results = run_search(
                 model, prompts=prompts, classes=classes, samples=samples, n=n,
@@ -243,13 +273,18 @@ def search(
                 weights=weights, device=device, engine=_value(engine),
                 bandwidth=_value(bandwidth), kde_method=_value(kde_method),
                 metric=_value(metric), grid=grid, log_candidates=log_candidates,
-                schedule=_int_list(schedule, "--schedule"), pool_sampling=pool_sampling,
-                preset=preset, autocast=autocast, progress=bar.update, **ray_opts)
+                schedule=_int_list(schedule, "--schedule"), pool_sampling=_value(pool_sampling),
+                preset=_value(preset), autocast=_value(autocast),
+                text_device=_value(text_device), verifier=verifier,
+                verifier_weights=verifier_weights, rerank=rerank, progress=bar.update,
+                **ray_opts)
         except InputError as e:
             raise _bad_input(e) from None
+        except MissingVerifierWeights as e:
+            raise typer.BadParameter(str(e), param_hint="'--verifier-weights'") from None
         except FileNotFoundError as e:
             raise typer.BadParameter(str(e), param_hint="'--weights'") from None
-        except DiskFull as e:
+        except (DiskFull, CheckpointError) as e:  # CheckpointError: a weights file refused
             _fail(e)
     seconds = time.perf_counter() - start
     earlier = sum(r.resumed for r in results)
@@ -258,6 +293,25 @@ def search(
     else:
         typer.echo(f"{len(results) - earlier} images written, {earlier} already there, to "
                    f"{out} in {seconds:.1f} s")
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """The library's InputWarnings (an option the run does not read) as `Warning: ...` lines
+    on stderr, every time, instead of Python's file:line form."""
+    from vardist.io.conditions import InputWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs) -> None:
+            if issubclass(category, InputWarning):
+                typer.echo(f"Warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+        warnings.showwarning = show
+        yield
 
 
 def _summary(results, out: Path, model: str, seconds: float) -> dict:
@@ -270,6 +324,12 @@ def _summary(results, out: Path, model: str, seconds: float) -> dict:
             "images_per_second": round(written / seconds, 4) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 4) for k, v in results.stage_seconds().items()},
             "engine": getattr(results, "stats", None), "files": files,
+            # compute and reward: continuations per image (1 plain, up to K with --rerank)
+            "continuations_per_image": (sum(r.continuations for r in results) / len(results)
+                                        if results else None),
+            "mean_reward": (sum(r.reward for r in rewarded) / len(rewarded)
+                            if (rewarded := [r for r in results if r.reward is not None])
+                            else None),
             "image_paths": [str(r.path) for r in results]}
 
 
@@ -287,8 +347,9 @@ class _ProgressBar:
     """Progress of a search: images done / total, images per second, time left. On a terminal
     a rich progress bar; elsewhere (kubectl logs, ray job logs, a redirected file), where a
     live bar shows nothing until the end, a plain line at the first update, then every
-    `every_s` seconds, and at the end. Images an earlier run finished do not count towards
-    the speed."""
+    `every_s` seconds from a timer thread (so a batch that takes minutes still shows the run
+    is alive), and at the end. Images an earlier run finished do not count towards the
+    speed."""
 
     every_s = 30.0
 
@@ -300,11 +361,17 @@ class _ProgressBar:
         self.task = None
         self.start: float | None = None
         self.done0 = 0
-        self.last_line: float | None = None
-        self.last: tuple[int, int] | None = None
+        self.last: tuple[int, int] | None = None  # the latest (done, total)
+        self.printed: tuple[int, int] | None = None  # what the latest line said
+        self.lock = threading.Lock()  # the engine's thread updates, the timer thread prints
+        self.stop = threading.Event()
 
     def __enter__(self) -> "_ProgressBar":
-        if not self.quiet and not self.plain:
+        if self.plain:
+            self.timer = threading.Thread(target=self._tick, name="vardist-progress",
+                                          daemon=True)
+            self.timer.start()
+        elif not self.quiet:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
                                        TextColumn, TimeRemainingColumn)
             from rich.text import Text
@@ -323,32 +390,41 @@ class _ProgressBar:
         if self.quiet:
             return
         if self.plain:
-            now = time.monotonic()
-            if self.start is None:
-                self.start, self.done0 = now, done
-            self.last = (done, total)
-            if self.last_line is None or now - self.last_line >= self.every_s or done == total:
-                self._line(now)
+            with self.lock:
+                first = self.start is None
+                if first:
+                    self.start, self.done0 = time.monotonic(), done
+                self.last = (done, total)
+                if first or done == total:
+                    self._line()
         elif self.task is None:  # images finished by an earlier run do not count towards speed
             self.task = self.progress.add_task("search", total=total, completed=done)
         else:
             self.progress.update(self.task, completed=done, total=total)
 
-    def _line(self, now: float) -> None:
+    def _tick(self) -> None:
+        while not self.stop.wait(self.every_s):
+            with self.lock:
+                if self.last is not None and self.last[0] < self.last[1]:
+                    self._line()
+
+    def _line(self) -> None:
         done, total = self.last
-        elapsed = now - self.start
+        elapsed = time.monotonic() - self.start
         rate = (done - self.done0) / elapsed if elapsed > 0 and done > self.done0 else None
         eta = (f"{_clock((total - done) / rate)}" if rate else "-") if done < total else "0:00:00"
         pct = 100 * done / total if total else 100
         typer.echo(f"[{time.strftime('%H:%M:%S')}] {done}/{total} images ({pct:.0f}%), "
                    f"{f'{rate:.2f}' if rate else '-'} img/s, ETA {eta}", err=self.to_stderr)
-        self.last_line = now
+        self.printed = self.last
 
     def __exit__(self, *exc) -> None:
-        if self.plain and self.last is not None and self.last_line is not None \
-                and self.last[0] < self.last[1]:
-            self._line(time.monotonic())  # where an interrupted run stopped
-        elif not self.quiet and not self.plain:
+        if self.plain:
+            self.stop.set()
+            self.timer.join()
+            if self.last is not None and self.printed != self.last:
+                self._line()  # where an interrupted run stopped
+        elif not self.quiet:
             self.progress.stop()
 
 
@@ -406,6 +482,32 @@ def models(
                   "test model read from its fixture folder.", highlight=False)
 
 
+@app.command()
+def verifiers(
+    weights: Optional[Path] = typer.Option(
+        None, "--verifier-weights", help="Folder to look for verifier weights in (then "
+        "$VARDIST_WEIGHTS, then the Hugging Face cache)."),
+) -> None:
+    """List the built-in verifiers (rewards for --verifier) and whether their weights are found."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    import vardist.verifiers
+
+    listed = vardist.verifiers.status(weights)
+    table = Table(title="vardist verifiers", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("name", "input", "weights", "what it scores"):
+        table.add_column(col, no_wrap=col != "what it scores")
+    for s in listed:
+        table.add_row(s.name, s.condition_kind, "found" if s.found else "missing", s.description)
+    console = Console()
+    console.print(table)
+    for s in listed:
+        if not s.found:
+            console.print(f"{s.name}: {s.detail}", highlight=False, soft_wrap=True)
+
+
 def _weights_status(spec, weights: Optional[Path]) -> str:
     from vardist.models import registry
 
@@ -415,8 +517,8 @@ def _weights_status(spec, weights: Optional[Path]) -> str:
         except FileNotFoundError:
             return "missing"
         return "fixture"
-    if not spec.files:
-        return "bundled"
+    if not spec.files or (spec.bundled_dir is not None and weights is None):
+        return "bundled"  # a folder given for a bundled model holds a retrained one
     return "found" if registry.find_weight_files(spec, weights) is not None else "missing"
 
 
@@ -483,18 +585,47 @@ def _fail(e: Exception) -> None:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    model: str = typer.Argument("toy-digits", help="The zoo model to train (toy-digits)."),
+    model: str = typer.Argument("toy-digits", help="The zoo model to train (toy-digits or toy-shapes)."),
     out: Path = typer.Option(..., help="Folder for the weights, config and train_log.jsonl."),
 ) -> None:
-    """Retrain a zoo model from a seed (toy-digits: the judge, the VQVAE, then the VAR; about
-    10-15 minutes on 2 CPU cores). Further options (--seed, --judge-steps, --vae-steps,
-    --var-steps, --stages, --threads, ...) are those of `python -m vardist.zoo.train --help`."""
-    if model != "toy-digits":
-        raise typer.BadParameter(f"unknown zoo model {model!r}; the zoo has toy-digits",
+    """Retrain a zoo model from a seed (toy-digits: the judge, the VQVAE, then the VAR; toy-shapes:
+    the BSQ VAE, then the Infinity transformer with its word encoder; docs/zoo.md gives the
+    times). Further options (--seed, --vae-steps, --var-steps, --stages, --threads, ...) are
+    those of `python -m vardist.zoo.train --help` (toy-digits) and `python -m
+    vardist.zoo.shapes_train --help` (toy-shapes)."""
+    if model == "toy-digits":
+        from vardist.zoo.train import main as train_main
+    elif model == "toy-shapes":
+        from vardist.zoo.shapes_train import main as train_main
+    else:
+        raise typer.BadParameter(f"unknown zoo model {model!r}; the zoo has toy-digits and toy-shapes",
                                  param_hint="'MODEL'")
-    from vardist.zoo.train import main as train_main
-
     train_main(["--out", str(out), *ctx.args])
+
+
+eval_app = typer.Typer(help="Score a run's images with an exact evaluator.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("toy-geneval")
+def eval_toy_geneval(
+    out: Path = typer.Argument(..., help="GenEval-layout folder of a toy-shapes run "
+                               "(--prompts toy-geneval.jsonl)."),
+    results: Optional[Path] = typer.Option(
+        None, help="Also write one JSON line per image (filename, tag, correct, reason)."),
+) -> None:
+    """Find the shapes in every image exactly and print GenEval's summary: accuracy per tag
+    and the overall score (the mean over tags)."""
+    from vardist.zoo.geneval_eval import evaluate_folder
+
+    try:
+        scores = evaluate_folder(out)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="'OUT'") from None
+    if results is not None:
+        scores.write_results(results)
+    typer.echo(scores.summary())
 
 
 if __name__ == "__main__":

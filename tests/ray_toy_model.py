@@ -62,6 +62,12 @@ class ToyScaleModel(ScaleWiseGenerator):
 
     def finish(self, state: GenState) -> torch.Tensor:
         self.run_scales(state, self.num_scales)
+        return self.preview(state)
+
+    def preview(self, state: GenState) -> torch.Tensor:
+        """The image of the maps so far (finish's decode after the last scale); `fork` is the
+        interface's default, a resume, which is exact here."""
+        self.check_preview(state)
         feat = sum(self.codebook[m].mean(1) * (i + 1) for i, m in enumerate(state.maps))
         img = torch.sigmoid(feat @ self.to_rgb).reshape(-1, self.side, self.side, 3)
         return (img * 255).round().to(torch.uint8)

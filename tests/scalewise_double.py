@@ -83,11 +83,20 @@ class DoubleModel(ScaleWiseGenerator):
 
     def finish(self, state: GenState) -> torch.Tensor:
         self.run_scales(state, self.num_scales)
+        return self.preview(state)
+
+    def preview(self, state: GenState) -> torch.Tensor:
+        """The image of the f_hat summed so far (finish's decode after the last scale)."""
+        self.check_preview(state)
         imgs = []
         for b in range(state.batch_size):
             rgb = torch.sigmoid(self._f_hat(state.maps, b) @ self.to_rgb).reshape(4, 4, 3)
             imgs.append(rgb.repeat_interleave(2, 0).repeat_interleave(2, 1))
         return (torch.stack(imgs) * 255).round().to(torch.uint8)
+
+    def fork(self, state: GenState, index, seeds=None) -> GenState:
+        # the state is its maps alone, so selecting them is the whole fork (no resume counted)
+        return self.fork_shell(state, index, seeds)[0]
 
     def resume(self, conditions, seeds, sampling: Sampling, maps) -> GenState:
         self.calls["resume"] += 1

@@ -84,6 +84,7 @@ CLI_CASES = [
     (["--classes", "0", "--grid"], "'--grid': grid only applies to prompt runs"),
     (["--classes", "0", "--weights", "WDIR"], "'--weights': model test-double does not read "
                                               "weights from a folder"),
+    (["--classes", "0", "--weights", "WDIR"], "so weights='WDIR' would be ignored"),
     (["--model", "infinity-tiny", "--prompts", GEN, "--weights", "WDIR"],
      "model infinity-tiny does not read weights"),
     (["--classes", "0", "--samples", "2", "--per-class", "3"], "--samples 2 and --per-class 3 "
@@ -100,6 +101,11 @@ CLI_CASES = [
                                                  "vardist calls it --scale"),
     (["--classes", "0", "--scaling_alpha", "2"], "vardist calls it --alpha"),
     (["--classes", "0", "--scaling_rep_num", "10"], "vardist calls it --rep"),
+    (["--classes", "0", "--scaling_rep_num=10"], "vardist calls it --rep"),
+    (["--classes", "0", "--num_images_per_class", "50"], "vardist calls it --samples"),
+    (["--classes", "0", "--pool-sampling", "sorted"], "'sorted' is not one of 'iid', 'authors'"),
+    (["--classes", "0", "--preset", "paper"], "'paper' is not one of 'authors'"),
+    (["--classes", "0", "--autocast", "bf16"], "'bf16' is not one of 'off', 'fp16'"),
     (["--classes", "0", "--batch_size", "4"], "--batch_size (spelled with underscores); vardist "
                                               "calls it --batch-size"),
     # closed sets
@@ -121,7 +127,8 @@ CLI_CASES = [
     (["--classes", "0", "--rep", "0"], "'--rep': rep must be >= 1, got 0"),
     (["--classes", "0", "--k", "0"], "'--k': k must be >= 1, got 0"),
     (["--model", "nope", "--classes", "0"], "unknown model 'nope'"),
-    (["--model", "test-double-text", "--prompts", MISSING], "does not exist"),
+    (["--model", "test-double-text", "--prompts", MISSING], "prompt file MISSING does not "
+                                                            "exist"),
     (["--model", "test-double-text", "--prompts", BAD_JSONL], "bad.jsonl:2: not valid JSON"),
     (["--prompts", BAD_JSONL], "model test-double is class-conditional"),
     (["--model", "test-double-text", "--classes", "0"], "model test-double-text takes text "
@@ -150,6 +157,8 @@ def test_cli_refuses_before_any_work(built, tmp_path, fixtures_dir, extra, needl
     r = runner.invoke(app, args, env={"COLUMNS": "200"})
     took = time.perf_counter() - t0
     assert r.exit_code == 2, r.output
+    for placeholder, value in subst.items():  # the message names the value given
+        needle = needle.replace(placeholder, value)
     assert needle in flat(r.output), r.output
     assert built == [] and nothing_written(out)
     # a hang guard, not a speed claim: the refusals this table holds used to take minutes
@@ -195,7 +204,17 @@ API_CASES = [
     (dict(classes="0", schedule="1,2,3"), "schedule", "got str '1,2,3'"),
     (dict(model="flexvar-tiny", classes="0", schedule=BIG_SCHEDULE), "schedule",
      "schedule 1,2,3,1000 needs at least"),
+    (dict(model="flexvar-tiny", classes="0", schedule=[1, 2, 2.5, 4]), "schedule",
+     "got [1, 2, 2.5, 4]"),
+    (dict(model="flexvar-tiny", classes="0", schedule=[1, "2"]), "schedule", "got [1, '2']"),
+    (dict(classes="0", progress=5), "progress", "progress must be a function of (images done, "
+                                                "total), got int 5"),
     (dict(model=123, classes="0"), "model", "got int"),
+    # files an in-memory run (out=None) would not write
+    (dict(classes="0", out=None, log_candidates=True), "log_candidates",
+     "log_candidates=True writes candidates.parquet into the output folder, and out is None"),
+    (dict(model="test-double-text", prompts=["a cat"], out=None, grid=True), "grid",
+     "grid=True writes a grid.png per prompt into the output folder, and out is None"),
 ]
 
 
@@ -220,6 +239,29 @@ def test_api_refuses_before_any_work(built, tmp_path, fixtures_dir, kwargs, para
     assert took < 10.0, f"refused in {took:.2f} s"
 
 
+def test_cuda_devices_this_machine_lacks_are_refused_before_loading(built, tmp_path,
+                                                                   monkeypatch):
+    """On any machine: a torch build that sees no GPU (the CPU wheel), and a GPU index past the
+    last one, are refused naming the device, before any model is built or file written."""
+    import torch
+
+    import vardist
+
+    out = tmp_path / "o"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = runner.invoke(app, ["search", "--model", "test-double", "--classes", "0", "--device",
+                            "cuda", "--out", str(out), "--quiet"], env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and "'--device': device 'cuda': this torch build" in flat(r.output)
+    assert "use device cpu, or install a CUDA build of torch" in flat(r.output)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(InputError, match=r"device 'cuda:2': this machine has 2 CUDA GPU\(s\), "
+                                         r"cuda:0..cuda:1") as err:
+        vardist.search("test-double", classes="0", device="cuda:2", out=out)
+    assert err.value.param == "device"
+    assert built == [] and nothing_written(out)
+
+
 def test_size_refusals_use_this_machines_memory(monkeypatch, tmp_path):
     """Without the 64 GB stand-in: a pool no machine holds is refused with the real figure."""
     from vardist.api import plan_search
@@ -240,7 +282,7 @@ def test_large_plans_are_made_on_demand():
 
     t0 = time.perf_counter()
     job, config = plan_search("toy-digits", classes="0-9", samples=1_000_000)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 10.0  # a hang guard: building the items took minutes
     assert len(job.items) == config["images"] == 10_000_000
     last = job.items[-1]
     assert (last.index, last.condition_index, last.sample_index) == (9_999_999, 9, 999_999)
@@ -249,6 +291,37 @@ def test_large_plans_are_made_on_demand():
     eager = plan_items([(2, 2), (7, 7)], 3, run_seed=0)
     assert list(small.items) == eager and small.items[1:4] == eager[1:4]
     assert list(small.batches()) == canonical_batches(eager, 4)
+
+
+def test_the_batches_left_are_found_by_arithmetic_and_made_on_demand():
+    """Recorder.plan: the batches left of a resume are those with an unfinished item (checked
+    against every item of a small plan, for finished sets with whole, partial and empty
+    batches), and a run of 10 million images starts without building its items (it took
+    about 30 s per million)."""
+    import numpy as np
+
+    from vardist.api import plan_search
+    from vardist.engine.plan import canonical_batches
+    from vardist.engine.results import Recorder
+
+    job, config = plan_search("toy-digits", classes="2,5,7", samples=5, batch_size=4)
+    rec = Recorder(job, config)  # no output folder: the finished set is set by hand below
+    pairs = [(it.condition_index, it.sample_index) for it in job.items]
+    rng = np.random.default_rng(0)
+    sets = [set(), set(pairs), set(pairs[:4]), set(pairs[12:]), set(pairs[:4] + pairs[12:])]
+    sets += [{p for p in pairs if rng.random() < q} for q in (0.3, 0.6, 0.9) for _ in range(3)]
+    for finished in sets:
+        rec.finished = finished | {(9, 0), (2, 99)}  # pairs of no item are ignored
+        todo, _ = rec.plan()
+        expect = [(bi, b) for bi, b in enumerate(canonical_batches(list(job.items), 4))
+                  if any((it.condition_index, it.sample_index) not in finished for it in b)]
+        assert list(todo) == expect and len(todo) == len(expect)
+    job, config = plan_search("toy-digits", classes="0-9", samples=1_000_000)
+    t0 = time.perf_counter()
+    todo, earlier = Recorder(job, config).plan()
+    assert time.perf_counter() - t0 < 10.0  # a hang guard, not a speed claim
+    assert len(todo) == 1_250_000 and earlier == {}
+    assert todo[-1] == (1_249_999, job.batches()[-1]) and todo[-1][1][-1].index == 9_999_999
 
 
 def test_float_settings_keep_run_json_valid_json(built, tmp_path):
@@ -278,8 +351,11 @@ def test_failed_load_does_not_lock_the_folder(built, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         vardist.search("test-double", classes="0", samples=1, n=4, seed=0, out=out)
     monkeypatch.setattr(registry, "load", real_load)
+    stale = out / ".run.json.4194305-0badc0de.tmp"  # a temp file of a killed, dead writer
+    stale.write_bytes(b"{")
     res = vardist.search("test-double", classes="0", samples=1, n=4, seed=1, out=out)
     assert len(res) == 1 and json.loads((out / "run.json").read_text())["fingerprint"]["seed"] == 1
+    assert not stale.exists()  # a restarted run clears what the failed one left, as a resume
     with pytest.raises(ResumeMismatch, match="seed: this folder has 1, this run asks for 2"):
         vardist.search("test-double", classes="0", samples=1, n=4, seed=2, out=out)
 
@@ -305,8 +381,22 @@ def test_search_help_is_grouped_with_choices_at_80_columns():
 
     # each of these options is declared as an Enum, so click validates it as a choice
     kinds = {p.name: p.type_descriptor.annotation for p in cmd.params}
-    for name in ("strategy", "engine", "bandwidth", "kde_method", "metric"):
+    for name in ("strategy", "engine", "bandwidth", "kde_method", "metric", "pool_sampling",
+                 "preset", "autocast"):
         assert issubclass(kinds[name], enum.Enum), name
+    for words in ("iid or authors", "off or fp16"):
+        assert words in text
+
+
+def test_cli_choices_are_the_library_sets():
+    """The CLI's choices (vardist.engine, importable without torch) are the owners' sets."""
+    from vardist import engine
+    from vardist.api import PRESETS
+    from vardist.models.sampling import POOL_SAMPLINGS
+    from vardist.models.var.generator import AUTOCAST_MODES
+
+    assert engine.POOL_SAMPLINGS == POOL_SAMPLINGS and engine.AUTOCAST_MODES == AUTOCAST_MODES
+    assert engine.PRESETS == tuple(PRESETS)
 
 
 def test_models_table_fits_80_columns_and_names_fixtures(monkeypatch, tmp_path):
@@ -326,3 +416,45 @@ def test_models_table_fits_80_columns_and_names_fixtures(monkeypatch, tmp_path):
     r = runner.invoke(app, ["models"], env={"COLUMNS": "80"})
     row = next(ln for ln in r.output.splitlines() if ln.split()[:1] == ["infinity-tiny"])
     assert row.split()[-1] == "missing"
+
+
+# Settings given explicitly that the run's strategy does not read: accepted, with a warning
+# naming them (a study or script may pass one set of settings to every strategy).
+UNUSED = [
+    (dict(strategy="top-k", rep=5), "rep=5: strategy 'top-k' does not read it (it reads k, "),
+    (dict(strategy="infinity", alpha=2.0, conflict_thresh=0.5),
+     "alpha=2.0, conflict_thresh=0.5: strategy 'infinity' does not read them"),
+    (dict(strategy="var-scaling", k=3), "k=3: strategy 'var-scaling' does not read it"),
+    (dict(strategy="none", n=8, metric="cosine"), "n=8, metric='cosine': strategy 'none'"),
+]
+
+
+@pytest.mark.parametrize("kwargs, needle", UNUSED)
+def test_options_the_strategy_does_not_read_are_warned_about(built, tmp_path, kwargs, needle):
+    import vardist
+    from vardist.io.conditions import InputWarning
+
+    with pytest.warns(InputWarning) as caught:
+        res = vardist.search("test-double", classes="0", samples=1, out=tmp_path / "o", **kwargs)
+    assert len(res) == 1 and [needle in str(w.message) for w in caught] == [True]
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in kwargs.items()]
+    r = runner.invoke(app, ["search", "--model", "test-double", "--classes", "0", "--samples",
+                            "1", *args, "--out", str(tmp_path / "cli"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert f"Warning: {needle}" in r.stderr and "InputWarning" not in r.output
+
+
+def test_options_the_strategy_reads_are_not_warned_about(built, tmp_path):
+    import warnings
+
+    import vardist
+    from vardist.io.conditions import InputWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        vardist.search("test-double", classes="0", samples=1, n=6, strategy="var-scaling",
+                       alpha=1.5, rep=2, conflict_thresh=0.5, bandwidth="batch",
+                       metric="cosine", out=tmp_path / "a")
+        vardist.search("test-double", classes="0", samples=1, n=6, strategy="small-k", k=2,
+                       kde_method="exact", out=tmp_path / "b")
+        vardist.search("test-double", classes="0", samples=1, strategy="none", out=tmp_path / "c")

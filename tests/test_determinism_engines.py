@@ -130,3 +130,53 @@ def test_pool_with_prefetched_uniforms_matches(tmp_path):
         ahead = pipeline.prefix_and_pool(model, items, settings)
     assert not any((it.seed, 1) in sampling._AHEAD for it in items)  # consumed
     np.testing.assert_array_equal(ahead.codes, plain.codes)
+
+
+def test_actor_encodes_while_its_device_runs_the_next_call(monkeypatch):
+    """The Ray actor's PNG encoding of one call overlaps the device work of the next: encoding
+    here waits until the next call's model work has started, which can only happen when the
+    actor runs calls concurrently (a one-call-at-a-time actor would time out). Same bytes."""
+    import asyncio
+    import threading
+
+    from vardist.engine.plan import SearchSettings, plan_items
+    from vardist.engine.ray import Generator, Packed
+    from vardist.io import outputs
+    from vardist.models import registry
+
+    model = registry.load("toy-digits", device="cpu")
+    draws, started_again = [], threading.Event()
+    real_draw, real_png = model.draw_pool, outputs.png_bytes
+
+    def draw_pool(*args, **kwargs):  # model work of pool calls, on the actor's device thread
+        draws.append(threading.current_thread().name)
+        if len(draws) == 2:
+            started_again.set()
+        return real_draw(*args, **kwargs)
+
+    def png_bytes(image):
+        if not started_again.wait(timeout=60):
+            raise TimeoutError("the next call's device work never started while encoding")
+        return real_png(image)
+
+    monkeypatch.setattr(model, "draw_pool", draw_pool)
+    monkeypatch.setattr(outputs, "png_bytes", png_bytes)
+    gen = Generator(model, None, None, None)
+    settings = SearchSettings(scale=1, n=8, strategy="var-scaling", alpha=2.0, rep=4,
+                              conflict_thresh=1.8, k=8, cfg=1.0, top_k=0, top_p=0.0, tau=1.0)
+    b0, b1 = ([it] for it in plan_items([(3, 3), (7, 7)], 1, run_seed=0))
+
+    async def drive():
+        msg0 = await gen.pool(b0, settings)
+        chosen = Packed.pack(msg0.codes.unpack()[:, 0])
+        fin0 = asyncio.ensure_future(gen.finish(b0, settings, msg0.prefix, chosen, True))
+        await asyncio.sleep(0)  # finish's device work is queued first
+        msg1 = await gen.pool(b1, settings)  # runs while fin0's PNG waits
+        return await fin0, msg1
+
+    done, msg1 = asyncio.run(drive())
+    assert draws == ["vardist-device_0"] * 2
+    assert msg1.codes.unpack().shape[:2] == (1, 8)
+    pool = pipeline.prefix_and_pool(model, b0, settings)  # the same batch, computed in line
+    images, _ = pipeline.continue_batch(model, b0, settings, pool.prefix, pool.codes[:, 0])
+    assert done.pngs == [real_png(im) for im in images]

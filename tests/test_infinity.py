@@ -172,6 +172,8 @@ def test_registry_entries_and_missing_weights(tmp_path, monkeypatch):
     (tmp_path / "infinity_vae_d32reg.pth").write_bytes(b"")
     snap = tmp_path / "hub" / "models--google--flan-t5-xl" / "snapshots" / "7d6315df"
     snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text(snap.name)  # the revision huggingface_hub takes
     assert registry.find_weight_files(spec, tmp_path) is None  # a folder without config.json is no model
     (snap / "config.json").write_text("{}")
     found = registry.find_weight_files(spec, tmp_path)

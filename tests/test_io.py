@@ -58,6 +58,7 @@ def test_parse_classes_forms():
     assert parse_classes("all", 4) == [0, 1, 2, 3]
     assert parse_classes(7, None) == [7]
     assert parse_classes([np.int64(2), 4], 10) == [2, 4]
+    assert [type(c) for c in parse_classes(np.int64(3), 10)] == [int]  # a numpy label
 
 
 @pytest.mark.parametrize("spec, needle", [
@@ -73,6 +74,20 @@ def test_parse_classes_refuses(spec, needle):
     with pytest.raises(InputError) as err:
         parse_classes(spec, 10)
     assert needle in str(err.value) and err.value.param == "classes"
+
+
+def test_class_ranges_are_bounded_before_they_are_expanded():
+    """0-1000000000 was expanded into a list first (MemoryError): the bounds are arithmetic,
+    with the model's class count or, for a model that states none, MAX_CLASSES."""
+    from vardist.io.conditions import MAX_CLASSES
+
+    with pytest.raises(InputError, match=r"class 1000 is outside this model's range 0\.\.999 "
+                                         r"\(in '7-1000000000'\)"):
+        parse_classes("0-5,7-1000000000", 1000)
+    with pytest.raises(InputError, match=r"lists 1,000,000,001 labels or more, above the "
+                                         r"1,000,000 one run takes"):
+        parse_classes("0-1000000000", None)
+    assert len(parse_classes(f"0-{MAX_CLASSES - 1}", None)) == MAX_CLASSES
 
 
 def test_layout_paths():

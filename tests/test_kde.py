@@ -372,3 +372,92 @@ def test_thread_count_does_not_change_a_bit(monkeypatch, pool):
     with threadpoolctl.threadpool_limits(1):
         monkeypatch.setattr(kde, "_blas_threads", lambda: 1)
         np.testing.assert_array_equal(kde_density(x), threaded)
+
+
+# -- codes of any width up to 64 bits (Infinity-8B's tokens carry 56) ------------------------------
+WIDTHS = [32, 56, 63, 64]
+
+
+def clustered_bits(n, P, d, seed=0, centres=12, flip=0.04):
+    """0/1 pools whose codes sit near a few centres (a bit flipped with probability `flip`), so
+    pairs at Hamming 1, 2, 3... all occur; the top bit is always varying (bit 63 at d = 64)."""
+    rng = np.random.default_rng(seed)
+    c = rng.random((P, centres, d)) < 0.5
+    pick = rng.integers(0, centres, (n, P))
+    x = c[np.arange(P)[None, :], pick] ^ (rng.random((n, P, d)) < flip)
+    x[: n // 2, :, -1] ^= True
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_pool_codes_round_trip_at_every_width(width):
+    x = clustered_bits(400, 3, width, seed=width)
+    x[0, 0] = 1.0  # all ones: 2^width - 1, the largest code (every bit of a uint64 at 64)
+    codes = hamming.pool_codes(x)
+    assert codes.dtype == np.uint64 and codes.shape == (3, 400)
+    assert int(codes[0, 0]) == (1 << width) - 1
+    weights = 2 ** np.arange(width, dtype=object)  # Python ints: no overflow, no sign
+    for i in range(3):
+        assert [int(c) for c in codes[i]] == [int((x[m, i].astype(int) * weights).sum()) for m in range(400)]
+        rows, inv, counts = hamming.unique_codes(codes[i], width)
+        np.testing.assert_array_equal(rows[inv], x[:, i])
+        want = np.unique(x[:, i], axis=0, return_counts=True)[1]
+        assert sorted(counts.tolist()) == sorted(want.tolist())
+
+
+def test_sort_order_is_unsigned_at_64_bits():
+    top = np.uint64(1) << np.uint64(63)
+    keys = np.array([top, 1, top | np.uint64(5), 0, np.uint64(2**64 - 1), top, 7], dtype=np.uint64)
+    for bits in (64, 3):  # the argsort path; 3 + 3 index bits would fit, but keys exceed 3 bits
+        if bits == 3:
+            keys = keys & np.uint64(7)
+        order, sorted_keys = grouping.sort_order(keys, bits)
+        np.testing.assert_array_equal(sorted_keys, np.sort(keys))
+        np.testing.assert_array_equal(keys[order], sorted_keys)
+        starts, inv, counts = grouping.sorted_runs(order, sorted_keys)
+        np.testing.assert_array_equal(sorted_keys[starts][inv], keys)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("radius", [1, 2])
+def test_join_is_the_sum_within_its_radius_at_every_width(width, radius):
+    rng = np.random.default_rng(width + radius)
+    bits = np.unique(clustered_bits(600, 1, width, seed=width)[:, 0] == 1, axis=0)
+    assert bits[:, -1].any() and not bits[:, -1].all()
+    counts = rng.integers(1, 5, len(bits)).astype(np.float64)
+    table = 0.3 ** np.arange(width + 1)
+    ham = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    assert ((ham == 1).sum(), (ham == 2).sum()) > (0, 0)  # the test sees both radii
+    want = ((ham <= radius) * table[ham] * counts[None, :]).sum(1)
+    got = hamming._join_sums(hamming._pack_int(bits), counts, table, radius)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("plan, bandwidth", [("flat", None), ("flat", 0.6), ("join", 0.2), ("cube", 0.6)])
+def test_hamming_plans_equal_exact_at_every_width(monkeypatch, width, plan, bandwidth):
+    """The same exactness as for 32 bits: each plan against the float64 all-pairs sums, within
+    the certified truncation bound (the cube plan: no truncation). The cube plan needs <= 24
+    varying bits, so there the other bits are fixed, including the low ones."""
+    only_plan(monkeypatch, plan)
+    planned, offered = [], hamming._plans
+    monkeypatch.setattr(hamming, "_plans", lambda *a: planned.append(a) or offered(*a))
+    monkeypatch.setattr(kde, "SMALL_POOL_MAX", 0)  # the per-position (packed-code) path
+    x = clustered_bits(500, 2, width, seed=width)
+    if plan == "cube":
+        x[:, :, : width - 18] = x[0, :, : width - 18]
+    if plan == "join":  # h = 0.2 gives radius 2 at n = 500
+        assert hamming._radius(np.exp(-np.arange(width + 1) / (2 * 0.2**2)), 500) == 2
+    exact = kde_density(x, "exact", bandwidth=bandwidth)
+    got = kde_density(x, "grouped", bandwidth=bandwidth)
+    assert len(planned) == 2  # both positions went through the plan (no radius-0 shortcut)
+    assert np.abs(got / exact - 1).max() <= hamming.DROP_REL
+    if plan == "cube":
+        np.testing.assert_allclose(got, exact, rtol=1e-12)
+    np.testing.assert_allclose(kde_density(x, "auto", bandwidth=bandwidth), got, rtol=1e-12)
+
+
+def test_wider_than_64_bits_is_grouped_without_packed_codes():
+    x = clustered_bits(300, 2, 70, seed=3)
+    assert hamming.pool_codes(x) is None
+    np.testing.assert_allclose(kde_density(x, "grouped"), kde_density(x, "exact"), rtol=1e-9)

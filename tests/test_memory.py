@@ -116,3 +116,76 @@ def test_models_memory_table_fits_80_columns():
     row = next(line for line in lines if re.match(r"\s*infinity-2b\s", line)).split()
     ((_, weights, per_item, fits),) = memory.table_rows(["infinity-2b"])
     assert row == ["infinity-2b", weights, per_item, *fits]
+
+
+def test_text_encoder_kept_off_the_gpu_leaves_the_plan():
+    fp = memory.footprint("infinity-2b")
+    off = memory.with_text_device(fp, "cpu")
+    assert memory.with_text_device(fp, "offload") == off
+    assert memory.with_text_device(fp, None) is fp
+    one = dict(batch=1, n=3000, scale=3, cfg=4.0)
+    assert memory.estimate(fp, **one).weights - memory.estimate(off, **one).weights \
+        == 2 * memory.FLAN_T5_XL.params  # fp16 on a GPU
+    assert memory.estimate(off, **one).kv_cache == memory.estimate(fp, **one).kv_cache
+    with pytest.raises(ValueError, match="text_device"):
+        memory.with_text_device(fp, "disk")
+    from vardist import engine  # the CLI's copy of the closed set
+    assert engine.TEXT_DEVICES == memory.TEXT_DEVICES
+
+
+@pytest.fixture()
+def a_24gb_gpu(monkeypatch):
+    from vardist import api
+
+    monkeypatch.setattr(api, "_local_gpu", lambda device: (24 * memory.GB, "GPU Test24 (cuda:0)"))
+
+
+def test_a_local_batch_the_gpu_cannot_hold_is_refused_before_loading(a_24gb_gpu, tmp_path):
+    from vardist.api import plan_search
+    from vardist.io.conditions import InputError
+
+    with pytest.raises(InputError) as e:
+        plan_search("infinity-2b", prompts=["a cat"], batch_size=8, weights=tmp_path)
+    assert e.value.param == "batch_size"
+    assert "GPU Test24 (cuda:0)" in str(e.value) and "--batch-size 2" in str(e.value)
+    # batch 2 fits: the run gets past the plan and stops at the missing weights
+    with pytest.raises(FileNotFoundError):
+        plan_search("infinity-2b", prompts=["a cat"], batch_size=2, weights=tmp_path)
+    # strategy none draws one candidate: the plan counts the pool it really draws
+    big = memory.largest_batch(memory.footprint("infinity-2b"), 24 * memory.GB, n=1, scale=3,
+                               cfg=4.0)
+    with pytest.raises(FileNotFoundError):
+        plan_search("infinity-2b", prompts=["a cat"], batch_size=big, strategy="none",
+                    weights=tmp_path)
+    # models without a plan (the toys) and the CPU are never refused by it
+    job, _ = plan_search("toy-digits", classes="1", batch_size=512)
+    assert job.batch_size == 512
+
+
+def test_text_device_is_a_load_option_of_infinity_models(tmp_path):
+    from vardist.api import plan_search
+    from vardist.io.conditions import InputError
+
+    with pytest.raises(InputError, match="toy-digits has no text_device option") as e:
+        plan_search("toy-digits", classes="1", text_device="cpu")
+    assert e.value.param == "text_device"
+    with pytest.raises(InputError, match="text_device must be one of cpu, offload, got 'gpu'"):
+        plan_search("infinity-2b", prompts=["a"], text_device="gpu")
+    try:
+        job, config = plan_search("infinity-tiny", prompts=["a"], text_device="offload")
+    except FileNotFoundError as e:  # the fixture folder is absent here
+        pytest.skip(str(e))
+    assert job.model_options == {"text_device": "offload"}
+    assert config["model_options"] == {"text_device": "offload"}  # in run.json: a resume keeps it
+
+
+def test_cli_text_device_on_a_model_without_one_is_refused(tmp_path):
+    from vardist_cli.main import app
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["search", "--model", "toy-digits", "--classes", "1",
+                                 "--text-device", "cpu", "--out", str(out)],
+                           env={"COLUMNS": "200"}, terminal_width=200)
+    assert r.exit_code == 2
+    assert "--text-device" in r.output and "toy-digits has no text_device option" in r.output
+    assert not out.exists()

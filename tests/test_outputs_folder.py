@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -99,7 +100,8 @@ def test_lock_is_released_when_a_run_fails(built, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="failed to load"):
         vardist.search("test-double", **SEARCH, out=out)
     with outputs.folder_lock(out):  # free again, in this process
-        pass
+        with pytest.raises(outputs.FolderBusy, match=f"pid {os.getpid()}"):  # and held again
+            vardist.search("test-double", **SEARCH, out=out)
 
 
 # --- stale temporary files, modes, full disk ---------------------------------------------
@@ -226,6 +228,8 @@ def test_rerunning_a_finished_run_does_not_load_the_model(built, tmp_path, monke
     again = vardist.search("test-double", **SEARCH, out=out, progress=lambda d, t: seen.append(d))
     assert all(r.resumed for r in again) and len(again) == len(first) == 15
     assert [r.path for r in again] == [r.path for r in first] and seen == [15]
+    assert [r.item for r in again] == [r.item for r in first]  # seeds and conditions too
+    assert [r.chosen for r in again] == [r.chosen for r in first]
     with pytest.raises(vardist.io.runlog.ResumeMismatch):  # still checked against run.json
         vardist.search("test-double", **{**SEARCH, "n": 13}, out=out)
 
@@ -236,19 +240,40 @@ CLI_RUN = ["search", "--model", "test-double", "--classes", "0-4", "--samples", 
            "12", "--batch-size", "4"]
 LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (\d+)/15 images \(\d+%\), ([\d.]+|-) img/s, ETA "
                   r"(\d+:\d\d:\d\d|-)$")
+LINE10 = re.compile(LINE.pattern.replace("/15", "/10"))
 
 
-@pytest.mark.parametrize("every_s, lines", [(0.0, 5), (3600.0, 2)])
-def test_progress_off_a_terminal_is_plain_lines_at_an_interval(built, tmp_path, monkeypatch,
-                                                                 every_s, lines):
-    monkeypatch.setattr(cli_main._ProgressBar, "every_s", every_s)
+def test_progress_off_a_terminal_is_plain_lines(built, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_main._ProgressBar, "every_s", 3600.0)
     res = runner.invoke(cli_main.app, [*CLI_RUN, "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     progress = [m for m in map(LINE.match, res.stdout.splitlines()) if m]
-    # 0 s: the start and every one of the 4 batches; an hour: the start and the end
-    assert len(progress) == lines
-    assert [int(m[1]) for m in progress][0] == 0 and int(progress[-1][1]) == 15
+    assert len(progress) == 2  # within the hour: the start and the end
+    assert [int(m[1]) for m in progress] == [0, 15]
     assert progress[-1][2] != "-" and progress[-1][3] == "0:00:00"
+
+
+def test_progress_lines_come_at_a_steady_interval_between_updates(monkeypatch, capsys):
+    """A line every every_s seconds from a timer, also while no batch finishes (a batch of a
+    large model can take minutes), and where an interrupted run stopped."""
+    monkeypatch.setattr(cli_main._ProgressBar, "every_s", 0.05)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    with pytest.raises(KeyboardInterrupt):
+        with cli_main._ProgressBar(quiet=False) as bar:
+            bar.update(0, 10)
+            time.sleep(0.02)
+            bar.update(3, 10)
+            time.sleep(0.5)  # no update meanwhile: the timer's lines
+            bar.update(4, 10)
+            raise KeyboardInterrupt
+    lines = capsys.readouterr().out.splitlines()
+    done = [int(LINE10.match(ln)[1]) for ln in lines]
+    assert done[0] == 0 and done.count(3) >= 2 and done[-1] == 4 and 10 not in done, lines
+    m = LINE10.match(lines[done.index(3)])
+    assert m[2] != "-" and m[3] != "-"  # a speed and a time left once images are done
+    n = len(lines)
+    time.sleep(0.2)
+    assert len(capsys.readouterr().out.splitlines()) == 0 and n == len(lines)  # timer stopped
 
 
 def test_search_json_summary(built, tmp_path):

@@ -187,6 +187,151 @@ def test_actor_shape_one_per_gpu_else_cpu_slots():
         2, {"CPU": 2.0}, 2)
 
 
+def test_a_gpu_model_asks_for_gpus_the_cluster_does_not_have_yet():
+    """Issue 14: the model decides. A GPU model on a cluster that can grow (no GPU node up yet,
+    as on the launcher YAMLs and KubeRay with min 0 workers) gets GPU actors, whose pending
+    placement group makes the autoscaler add GPU nodes; --device cpu, or a local instance that
+    cannot grow, gets CPU actors."""
+    class FakeRay:
+        cluster_resources = staticmethod(lambda: {"CPU": 8})  # a CPU head, no GPU worker yet
+
+    shape, gpu = ray_engine._actor_shape, {"GPU": 1.0, "CPU": 1.0}
+    assert shape(FakeRay(), RayOptions(actors=8), None, gpu_model=True) == (8, gpu, None)
+    assert shape(FakeRay(), RayOptions(), None, gpu_model=True)[:2] == (1, gpu)
+    assert shape(FakeRay(), RayOptions(actors=8), "cuda:0")[:2] == (8, gpu)
+    assert shape(FakeRay(), RayOptions(actors=8), "cpu", gpu_model=True)[1] == {"CPU": 1.0}
+    assert shape(FakeRay(), RayOptions(), None, gpu_model=False)[1] == {"CPU": 1.0}
+    assert shape(FakeRay(), RayOptions(), None, gpu_model=True, can_scale=False)[1] == {"CPU": 1.0}
+    # the official checkpoints are GPU models by the memory plan; toy-digits is not
+    from vardist.models import memory
+
+    assert memory.wants_gpu(ray_engine.model_footprint("var-d16"))
+    assert not memory.wants_gpu(ray_engine.model_footprint("toy-digits"))
+    assert ray_engine.model_footprint(ToyScaleModel()) is None
+
+
+class _PendingCluster:
+    """A fake `ray` whose placement group is placed once `gpus_at` seconds have passed on the
+    fake clock (ray.wait advances it by its timeout), with `free` GPUs available meanwhile."""
+
+    def __init__(self, free: float, gpus_at: float | None) -> None:
+        self.now, self.free, self.gpus_at, self.removed = 0.0, free, gpus_at, []
+        outer = self
+
+        class util:
+            @staticmethod
+            def remove_placement_group(pg):
+                outer.removed.append(pg)
+
+        self.util = util
+
+    def wait(self, refs, timeout):
+        self.now += timeout
+        placed = self.gpus_at is not None and self.now >= self.gpus_at
+        return (refs, []) if placed else ([], refs)
+
+    def available_resources(self):
+        return {"CPU": 8.0, "GPU": self.free}
+
+    def cluster_resources(self):
+        return {"CPU": 8.0, "GPU": self.free}
+
+
+class _PG:
+    def ready(self):
+        return "ready-ref"
+
+
+def test_the_wait_for_gpus_is_reported_and_bounded():
+    from vardist.io.conditions import InputError
+
+    said: list[str] = []
+    ray = _PendingCluster(free=2, gpus_at=40)
+    ray_engine.wait_for_placement(ray, _PG(), 8, {"GPU": 1.0, "CPU": 1.0}, timeout_s=600,
+                                  report_every_s=15, say=said.append, clock=lambda: ray.now)
+    assert said == [f"waiting for 8 GPUs, 2 available, 6 requested from the autoscaler "
+                    f"({t} s of 600 s)" for t in (15, 30)]
+    assert ray.removed == []
+
+    said.clear()
+    ray, pg = _PendingCluster(free=0, gpus_at=None), _PG()  # the cluster never grows
+    with pytest.raises(InputError, match=r"cannot place 4 generator actors .* within 60 s: "
+                                         r"4 GPUs needed, 0 free") as e:
+        ray_engine.wait_for_placement(ray, pg, 4, {"GPU": 1.0, "CPU": 1.0}, timeout_s=60,
+                                      report_every_s=25, say=said.append, clock=lambda: ray.now)
+    assert e.value.param == "actors" and "max_workers" in str(e.value)
+    assert len(said) == 2 and ray.removed == [pg]  # reported, then the demand withdrawn
+
+
+# --- which Ray, and an address that does not answer (issues 13 §4, 14) --------------------
+
+def test_address_from_option_else_ray_address_else_a_local_instance(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_engine.resolve_address(None) == ("local", "")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.10:6379")
+    assert ray_engine.resolve_address(None) == ("10.0.0.10:6379", "RAY_ADDRESS")
+    assert ray_engine.resolve_address("auto") == ("auto", "--address")
+
+
+def test_connect_joins_ray_address_and_says_which_first(monkeypatch, capsys):
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # something answering, like a GCS port
+    addr = f"127.0.0.1:{listener.getsockname()[1]}"
+    inits: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: inits.append(kw))
+    try:
+        monkeypatch.setenv("RAY_ADDRESS", addr)
+        assert ray_engine.connect(RayOptions()) is True
+        assert inits[-1]["address"] == addr
+        assert capsys.readouterr().err.splitlines()[0] == (
+            f"Ray: joining the cluster at {addr} (from RAY_ADDRESS)")
+        ray_engine.connect(RayOptions(address="auto"))  # --address overrides RAY_ADDRESS
+        assert inits[-1]["address"] == "auto"
+        assert "auto (from --address)" in capsys.readouterr().err.splitlines()[0]
+        monkeypatch.delenv("RAY_ADDRESS")
+        ray_engine.connect(RayOptions())  # neither: an instance of our own, never a found one
+        assert inits[-1]["address"] == "local"
+        assert "starting a local Ray instance" in capsys.readouterr().err.splitlines()[0]
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("via", ["option", "RAY_ADDRESS"])
+def test_unreachable_address_is_refused_before_anything_is_written(tmp_path, monkeypatch, via):
+    from vardist.io.conditions import InputError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    kw = {"address": "127.0.0.1:1"} if via == "option" else {}
+    if via == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    source = "--address" if via == "option" else "RAY_ADDRESS"
+    out = tmp_path / "o"
+    with pytest.raises(InputError, match=rf"cannot reach the Ray cluster at 127\.0\.0\.1:1 "
+                                         rf"\(from {source}\)") as e:
+        vardist.search("toy-digits", classes="0", samples=1, n=4, out=out, engine="ray",
+                       connect_timeout_s=5, **kw)
+    assert e.value.param == "address" and "ray status" in str(e.value)
+    assert not (out / "run.json").exists() and not list(out.glob("**/*.png"))
+
+
+def test_cli_names_a_dead_address_and_a_dashboard_url(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vardist_cli.main import app
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = ["search", "--model", "toy-digits", "--classes", "0", "--n", "4", "--engine", "ray",
+            "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, [*args, "--address", "127.0.0.1:1"])
+    assert r.exit_code == 2 and "127.0.0.1:1" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o" / "run.json").exists()
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # the Jobs API, not a cluster
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "http://127.0.0.1:8265" in r.output and "ray://" in r.output
+
+
 # --- transport (no Ray needed) ------------------------------------------------------------
 
 def test_packed_codes_roundtrip_and_shrink():
@@ -199,6 +344,16 @@ def test_packed_codes_roundtrip_and_shrink():
     q = Packed.pack(bits)
     assert q.nbytes == bits.nbytes // 8 == 432_000  # Infinity n=3000 at scale 3
     assert np.array_equal(q.unpack(), bits)
+
+
+@pytest.mark.parametrize("width", [56, 14, 3, 64])
+def test_packed_bits_of_any_width(width):
+    """Infinity-8B's 56-bit tokens pack to 7 bytes; widths that are not whole bytes round up."""
+    bits = np.random.default_rng(width).integers(0, 2, (2, 300, 36, width)).astype(np.uint8)
+    bits[0, 0, 0] = 1
+    q = Packed.pack(bits)
+    assert q.bits and q.nbytes == bits.size // width * -(-width // 8)
+    assert q.unpack().dtype == bits.dtype and np.array_equal(q.unpack(), bits)
 
 
 @pytest.mark.parametrize("code_shape", [(), (16,)])

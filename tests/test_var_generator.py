@@ -10,13 +10,14 @@ PN = (1, 2, 3, 4)
 SAMPLING = Sampling(cfg=1.5, top_k=40, top_p=0.95)
 
 
-@pytest.fixture(scope="module")
-def gen():
+# both AdaLN layouts: one projection per block (d16-d30) and the shared one (d36)
+@pytest.fixture(scope="module", params=[False, True], ids=["per-block-aln", "shared-aln"])
+def gen(request):
     torch.manual_seed(0)
     vae = VQVAE(VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                             share_quant_resi=2, patch_nums=PN))
     var = VARTransformer(VARConfig(depth=2, embed_dim=64, num_heads=2, vocab_size=64, Cvae=8,
-                                   num_classes=10, patch_nums=PN))
+                                   num_classes=10, patch_nums=PN, shared_aln=request.param))
     for p in var.parameters():  # make positions and biases matter, as in trained weights
         torch.nn.init.normal_(p, std=0.3)
     return VARGenerator(vae, var)
@@ -114,7 +115,8 @@ def test_items_independent_of_batch(gen):
     for si in range(len(PN)):
         assert torch.equal(alone.maps[si][0], batch.maps[si][1]), f"scale {si}"
     assert (img_alone[0].int() - img_batch[1].int()).abs().max() <= 1
-    assert not torch.equal(batch.maps[-1][1], batch.maps[-1][3])  # same class, other seed
+    # same class, other seed: another image (random weights can make one scale near-greedy)
+    assert not all(torch.equal(m[1], m[3]) for m in batch.maps)
 
 
 def test_bad_input_is_refused(gen):

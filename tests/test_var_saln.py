@@ -54,6 +54,19 @@ def test_full_size_d36_layout(manifest):
     assert var_cfg.L == 2240 and var_cfg.patch_nums == PATCH_NUMS_512
 
 
+# var_d36.pth's published size (its Hugging Face LFS pointer): the layout's tensor bytes plus the
+# pickle's framing. A wrong width, depth, token count or AdaLN layout is off by megabytes.
+VAR_D36_FILE_BYTES = 9_436_153_085
+
+
+def test_d36_tensor_bytes_fit_the_published_file():
+    _, var_cfg = official_configs(36)
+    with torch.device("meta"):
+        var = VARTransformer(var_cfg)
+    data = sum(t.numel() * t.element_size() for t in var.state_dict().values())
+    assert 0 < VAR_D36_FILE_BYTES - data < 300_000, data
+
+
 def test_d36_registered_with_d30_defaults():
     d36, d30 = models.get_spec("var-d36"), models.get_spec("var-d30")
     assert d36.files == (VAE_FILE, "var_d36.pth") and d36.family == "var"

@@ -58,6 +58,26 @@ def test_registered_with_paper_defaults(depth):
     assert (spec.num_scales, spec.condition_kind, spec.num_classes) == (10, "class", 1000)
 
 
+def test_alpha_table_in_the_docs_is_the_registry():
+    """docs/selection.md's per-depth alpha table (with its source) states the defaults the
+    registry uses, for every registered VAR depth including d36."""
+    import re
+    from pathlib import Path
+
+    from vardist.api import PRESETS
+    from vardist.models.var.specs import ALPHA_BY_DEPTH
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "selection.md").read_text()
+    section = text[text.index("### alpha per model depth"):]
+    section = section[:section.index("\n## ")]
+    rows = {int(m[1]): float(m[2]) for m in
+            re.finditer(r"^\| VAR-d(\d+)[^|]*\|.*\| ([\d.]+)(?: \([^)]*\))? \|$", section, re.M)}
+    assert rows == ALPHA_BY_DEPTH
+    assert rows == {d: models.get_spec(f"var-d{d}").defaults.alpha for d in rows}
+    assert "Table 3a" in section and "Table 1b" in section  # the source
+    assert f"uses {PRESETS['authors']['alpha']} for every depth" in " ".join(section.split())
+
+
 def test_missing_weights_error_names_files_and_source(tmp_path, monkeypatch):
     monkeypatch.delenv("VARDIST_WEIGHTS", raising=False)
     with pytest.raises(FileNotFoundError) as e:

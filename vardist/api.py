@@ -12,17 +12,19 @@ import importlib
 import inspect
 import numbers
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from vardist.engine import ENGINES
-from vardist.engine.plan import (Job, SearchSettings, check_plan_size, check_pool_memory,
-                                 check_schedule_memory, memory_budget)
+from vardist.engine import AUTOCAST_MODES, ENGINES, TEXT_DEVICES
+from vardist.engine.plan import (STRATEGY_USES, Job, SearchSettings, check_plan_size,
+                                 check_pool_memory, check_schedule_memory, memory_budget,
+                                 unused_settings)
 from vardist.engine.results import Recorder, SearchResults
-from vardist.io.conditions import (InputError, parse_classes, prompts_from_strings,
-                                   read_prompts)
+from vardist.io.conditions import (InputError, InputWarning, parse_classes,
+                                   prompts_from_strings, read_prompts)
 from vardist.io.outputs import check_writable, folder_lock
 from vardist.models import registry
 from vardist.models.interface import ScaleWiseGenerator
@@ -41,6 +43,8 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
            grid: bool = False, log_candidates: bool = False,
            schedule: Sequence[int] | None = None, pool_sampling: str | None = None,
            preset: str | None = None, autocast: str | None = None,
+           text_device: str | None = None, verifier: str | None = None,
+           verifier_weights: str | Path | None = None, rerank: int | None = None,
            progress: Callable[[int, int], None] | None = None,
            **engine_options: Any) -> SearchResults:
     """Search `samples` images for every condition and return their records (in item order).
@@ -65,8 +69,17 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
     n 50, alpha 2.3, rep 10, conflict_thresh 1.8, cfg 1.0, top_k 900, top_p 0.96; arguments
     given explicitly override it (docs/search.md). Without a preset samples is 4, batch_size
     8, bandwidth "item". autocast: "fp16" runs the VAR models under fp16 autocast with TF32
-    matmuls on CUDA, as run.py does (a no-op on the CPU; default off). progress: called
-    with (images done, total) after every batch.
+    matmuls on CUDA, as run.py does (a no-op on the CPU; default off). text_device (Infinity
+    models): "cpu" keeps the T5 text encoder on the CPU in fp32 (frees ~2.4 GB of GPU memory;
+    its features differ from the fp16 ones by rounding), "offload" parks it there between
+    batches (same numbers as None, slower); None keeps it beside the model. verifier: an image
+    reward (`vardist.verifiers`, e.g. "clip", "toy-judge") loaded beside the model; alone it
+    scores the chosen image (logged as `reward`). rerank: K >= 1 finishes the first K of the
+    strategy's shortlist, scores them and keeps the best (ties: density, then index), e.g.
+    strategy="random-k", k=8, rerank=8 is best-of-8. verifier_weights: the folder holding the
+    verifier's weights (else $VARDIST_WEIGHTS, then the Hugging Face cache). progress: called
+    with (images done, total) after every batch. On a GPU, a batch the memory plan
+    (vardist.models.memory) says cannot fit is refused before loading, naming one that fits.
 
     Every input is checked before a model is loaded; bad input raises InputError (a ValueError
     naming the argument) or FileNotFoundError for missing weights.
@@ -74,7 +87,11 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
     # Every argument but progress goes to plan_search unchanged (one list of checks).
     args = dict(locals())
     del args["progress"], args["engine_options"]
+    if progress is not None and not callable(progress):  # else a TypeError after the load
+        raise InputError(f"progress must be a function of (images done, total), got "
+                         f"{type(progress).__name__} {progress!r}", param="progress")
     job, config = plan_search(**args, **engine_options)
+    _warn_unused(job.settings.strategy, args)
     if engine == "ray":
         try:
             ray_engine = importlib.import_module("vardist.engine.ray")
@@ -83,6 +100,7 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
                 raise
             raise InputError("the Ray engine (vardist.engine.ray) is not available in this "
                              "installation; use engine='local'", param="engine") from e
+        ray_engine.preflight(engine_options)  # a dead cluster address: refused, nothing written
     # One run per output folder at a time (FolderBusy names the holder's pid), held until this
     # run ends, however it ends.
     with folder_lock(job.out) if job.out is not None else nullcontext():
@@ -112,7 +130,9 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
                 engine: str = "local", bandwidth: str | None = None, kde_method: str = "auto",
                 metric: str = "l2", grid: bool = False, log_candidates: bool = False,
                 schedule: Sequence[int] | None = None, pool_sampling: str | None = None,
-                preset: str | None = None, autocast: str | None = None, **engine_options: Any
+                preset: str | None = None, autocast: str | None = None,
+                text_device: str | None = None, verifier: str | None = None,
+                verifier_weights=None, rerank: int | None = None, **engine_options: Any
                 ) -> tuple[Job, dict[str, Any]]:
     """Every check of search() without loading a model: returns the Job and the run.json config.
     Engines other than search() (the Ray engine, studies) start from here too."""
@@ -147,7 +167,11 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
                          f"use pool_sampling='iid'", param="pool_sampling")
     model_options = {}
     if autocast not in (None, "off"):
-        model_options["autocast"] = _check_autocast(autocast, spec, model)
+        model_options["autocast"] = _check_load_option(
+            "autocast", autocast, AUTOCAST_MODES, spec, "the VAR checkpoints var-d16 ... var-d36")
+    if text_device is not None:
+        model_options["text_device"] = _check_load_option(
+            "text_device", text_device, TEXT_DEVICES, spec, "the Infinity models")
     if schedule is not None:
         schedule = _check_schedule(schedule, spec, model)
         num_scales = len(schedule)
@@ -203,15 +227,24 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
     if grid and kind == "class":  # grids are per prompt (OUT/NNNNN/grid.png): never dropped silently
         raise InputError("grid only applies to prompt runs (a grid.png per prompt folder); a "
                          "class run has no grid: drop it", param="grid")
+    for name, on, what in (("grid", grid, "a grid.png per prompt"),
+                           ("log_candidates", log_candidates, "candidates.parquet")):
+        if on and out is None:  # an in-memory run writes no file: it would be dropped silently
+            raise InputError(f"{name}=True writes {what} into the output folder, and out is "
+                             f"None (the images stay in memory): give out= a folder, or drop "
+                             f"{name}", param=name)
 
     # Sizes, by arithmetic, before anything is built or loaded.
     check_plan_size(len(conditions), samples, kind)
     budget = _memory_budget(device, engine, engine_options)
     side = schedule[settings.scale] if schedule is not None else settings.scale + 1
     check_pool_memory(settings, batch_size, side * side, budget)  # side: a lower bound if unknown
+    _check_gpu_plan(spec, settings, batch_size, device, engine, model_options)
     if schedule is not None:
         check_schedule_memory(schedule, batch_size, budget, **_schedule_sizes(spec, weights))
 
+    verifier_identity = _check_verifier(verifier, verifier_weights, rerank, kind, settings,
+                                        out, [c for _, c in conditions])
     # Where it goes, and what it needs.
     if spec is not None and registry.find_weight_files(spec, weights) is None:
         raise registry.missing_weights_error(spec, weights)
@@ -226,13 +259,19 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
               batch_size=batch_size, weights=str(weights) if weights else None, device=device,
               out=str(out) if out is not None else None, condition_kind=kind,
               prompt_lines=prompt_lines, grid=grid, log_candidates=log_candidates,
-              options=dict(engine_options, engine=engine), model_options=model_options)
+              options=dict(engine_options, engine=engine), model_options=model_options,
+              # the files a resume must load again (a folder run only: hashing reads ~3 MiB each)
+              weights_identity=(registry.weights_identity(spec, weights)
+                                if spec is not None and out is not None else {}),
+              verifier=verifier, rerank=rerank or 0, verifier_identity=verifier_identity,
+              verifier_weights=str(verifier_weights) if verifier_weights else None)
     config = {"model": job.model_name, "settings": asdict(settings), "samples": samples,
               "seed": seed, "batch_size": batch_size, "engine": engine,
               "engine_options": engine_options, "out": job.out, "weights": job.weights,
               "device": device, "grid": grid, "log_candidates": log_candidates,
               "condition_kind": kind, "num_conditions": len(conditions),
-              "model_options": model_options, "preset": preset,
+              "model_options": model_options, "preset": preset, "verifier": verifier,
+              "verifier_weights": job.verifier_weights, "rerank": job.rerank,
               "prompts_file": str(prompts) if isinstance(prompts, (str, Path)) else None,
               "images": len(job.items)}
     return job, config
@@ -261,21 +300,21 @@ def _preset_values(preset: str | None, family: str | None, model: Any) -> dict[s
     return PRESETS[preset]
 
 
-def _check_autocast(autocast: str, spec, model) -> str:
-    """autocast is a load option of the models whose builder takes it (the VAR checkpoints)."""
-    from vardist.models.var.generator import AUTOCAST_MODES
-
-    if autocast not in AUTOCAST_MODES:
-        raise InputError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}",
-                         param="autocast")
+def _check_load_option(param: str, value: str, allowed: Sequence[str], spec,
+                       which: str) -> str:
+    """A load option (autocast, text_device) of the registry models whose builder takes it
+    (`which` names them for the message)."""
+    if value not in allowed:
+        raise InputError(f"{param} must be one of {', '.join(allowed)}, got {value!r}",
+                         param=param)
     if spec is None:
-        raise InputError("autocast is a load option: build the model with it (e.g. "
-                         "vardist.models.load(name, autocast='fp16')) and pass no autocast here",
-                         param="autocast")
-    if "autocast" not in inspect.signature(spec.builder).parameters:
-        raise InputError(f"model {spec.name} has no autocast option (the VAR checkpoints "
-                         f"var-d16 ... var-d36 have it)", param="autocast")
-    return autocast
+        raise InputError(f"{param} is a load option: build the model with it (e.g. "
+                         f"vardist.models.load(name, {param}={value!r})) and pass no {param} here",
+                         param=param)
+    if param not in inspect.signature(spec.builder).parameters:
+        raise InputError(f"model {spec.name} has no {param} option ({which} have it)",
+                         param=param)
+    return value
 
 
 def _check_schedule(schedule, spec, model) -> list[int]:
@@ -285,8 +324,11 @@ def _check_schedule(schedule, spec, model) -> list[int]:
         raise InputError(f"schedule only applies to FlexVAR models (flexible scale schedules), "
                          f"not {_name(model)}", param="schedule")
     try:
-        sides = [int(v) for v in schedule]
-    except (TypeError, ValueError):
+        # int() would truncate 2.5 to 2 and read "3": only integers are side lengths
+        sides = [v.__index__() for v in schedule if not isinstance(v, bool)]
+        if len(sides) != len(schedule):
+            raise TypeError
+    except (TypeError, AttributeError):
         raise InputError(f"schedule must be side lengths such as 1,2,3,4,6,9,13,16, got "
                          f"{schedule!r}", param="schedule") from None
     if not sides or sides[0] < 1 or any(b <= a for a, b in zip(sides, sides[1:])):
@@ -309,12 +351,59 @@ def _check_loaded(model: ScaleWiseGenerator, job: Job) -> None:
                          else "prompts") from e
 
 
-_PATHS = ("out", "weights")
+_PATHS = ("out", "weights", "verifier_weights")
 _STRINGS = ("device", "engine", "strategy", "bandwidth", "kde_method", "metric", "preset",
-            "pool_sampling", "autocast")
-_INTS = ("samples", "n", "scale", "rep", "k", "top_k", "seed", "batch_size")
+            "pool_sampling", "autocast", "text_device", "verifier")
+_INTS = ("samples", "n", "scale", "rep", "k", "top_k", "seed", "batch_size", "rerank")
 _FLOATS = ("alpha", "conflict_thresh", "cfg", "top_p", "tau")
 _BOOLS = ("grid", "log_candidates")
+
+
+def _check_verifier(verifier: str | None, weights: str | Path | None, rerank: int | None,
+                    kind: str, settings: SearchSettings, out: str | Path | None,
+                    conditions: list[Any]) -> dict[str, str]:
+    """Verifier-guided search's arguments, checked before any model loads; returns what
+    identifies the verifier's weights (for a folder run's fingerprint). A missing weights file
+    raises MissingVerifierWeights (a FileNotFoundError) naming it and where it is published."""
+    if verifier is None:
+        for name, v in (("rerank", rerank), ("verifier_weights", weights)):
+            if v is not None:
+                raise InputError(f"{name} needs a verifier (the reward that scores finished "
+                                 f"images): give verifier=NAME (`vardist verifiers` lists "
+                                 f"them) or drop {name}", param=name)
+        return {}
+    import vardist.verifiers as verifiers
+
+    try:
+        vspec = verifiers.get_spec(verifier)
+    except ValueError as e:
+        raise InputError(str(e), param="verifier") from None
+    if vspec.condition_kind not in ("any", kind):
+        raise InputError(f"verifier {verifier!r} scores images against {vspec.condition_kind} "
+                         f"conditions, and this run has {kind}s; choose a verifier for "
+                         f"{kind}s (`vardist verifiers` lists each one's input)",
+                         param="verifier")
+    if vspec.check_conditions is not None:
+        try:
+            vspec.check_conditions(conditions)
+        except ValueError as e:
+            raise InputError(str(e), param="prompts" if kind == "prompt" else "classes") from None
+    if rerank is not None and rerank < 1:
+        raise InputError(f"rerank must be >= 1 (candidates finished and scored per image), got "
+                         f"{rerank}; drop it to only score the chosen image", param="rerank")
+    if rerank is not None and settings.strategy == "none":
+        raise InputError("rerank finishes candidates of the strategy's shortlist, and strategy "
+                         "'none' has one (candidate 0); for best-of-K use strategy='random-k' "
+                         "with k=K and rerank=K", param="rerank")
+    # the most a strategy shortlists: var-scaling accepts up to rep, the others min(k, n)
+    most, what = ((settings.rep, "rep") if settings.strategy == "var-scaling" else
+                  (min(settings.k, settings.n), "min(k, n)"))
+    if rerank is not None and rerank > most:
+        warnings.warn(f"rerank={rerank}: strategy {settings.strategy!r} shortlists at most "
+                      f"{what} = {most} candidates, so at most {most} are finished; raise "
+                      f"{what} for a longer shortlist", InputWarning, stacklevel=4)
+    verifiers.find_weights(vspec, weights)  # before anything loads
+    return verifiers.weights_identity(vspec, weights) if out is not None else {}
 
 
 def _check_types(args: dict[str, Any]) -> None:
@@ -350,6 +439,23 @@ def _check_types(args: dict[str, Any]) -> None:
             raise bad(name, "a list of side lengths such as [1, 2, 3, 4, 6, 9, 13, 16]")
 
 
+def _warn_unused(strategy: str, args: dict[str, Any]) -> None:
+    """Warn (InputWarning) about settings given explicitly that the run's strategy does not read
+    (rep with top-k, n with none): they would change no image. Not an error: a study or a
+    script may pass one set of settings to every strategy."""
+    plain = {"kde_method": "auto", "metric": "l2"}  # search()'s defaults that are not None
+    unused = unused_settings(strategy, {k: v for k, v in args.items()
+                                        if v is not None and (k not in plain or v != plain[k])})
+    if unused:
+        uses = (", ".join(STRATEGY_USES[strategy])
+                or "no selection setting: candidate 0, the plain sample, is the image")
+        it = "it" if len(unused) == 1 else "them"
+        warnings.warn(f"{', '.join(f'{k}={v!r}' for k, v in unused.items())}: strategy "
+                      f"{strategy!r} does not read {it} (it reads {uses}), so no image "
+                      f"changes; drop {it} or choose a strategy that reads {it}",
+                      InputWarning, stacklevel=3)
+
+
 def _check_device(device: str | None, engine: str, engine_options: dict[str, Any]) -> None:
     """A device this machine cannot run on, refused before any model loads (it failed while
     loading). A Ray cluster's actors may have devices this machine lacks: there only the
@@ -381,6 +487,40 @@ def _check_device(device: str | None, engine: str, engine_options: dict[str, Any
                              f"cpu", param="device")
     elif dev.type != "cpu":
         raise InputError(f"device {device!r}: vardist runs on cpu, cuda or mps", param="device")
+
+
+def _local_gpu(device: str | None) -> tuple[int, str] | None:
+    """(total bytes, its name) of the GPU a local run uses (device None: cuda when there is
+    one), else None."""
+    import torch
+
+    if not torch.cuda.is_available() or (device is not None and
+                                         torch.device(device).type != "cuda"):
+        return None
+    dev = torch.device(device or "cuda")
+    props = torch.cuda.get_device_properties(dev.index or 0)
+    return props.total_memory, f"GPU {props.name} ({dev.type}:{dev.index or 0})"
+
+
+def _check_gpu_plan(spec, settings: SearchSettings, batch_size: int, device: str | None,
+                    engine: str, model_options: dict[str, Any]) -> None:
+    """A registry model on this machine's GPU (local engine; Ray asks its actors' GPU): the
+    memory plan (vardist.models.memory: weights, KV cache, pool, decode) must fit the device,
+    checked before anything loads; else refused naming the batch that fits."""
+    from vardist.models import memory
+
+    if spec is None or engine != "local":
+        return
+    gpu = _local_gpu(device)
+    fp = memory.footprint(spec.name) if gpu is not None else None
+    if fp is None:
+        return
+    fp = memory.with_text_device(fp, model_options.get("text_device"))
+    try:
+        memory.check_fits(fp, gpu[0], batch=batch_size, n=settings.pool_size,
+                          scale=settings.scale, cfg=settings.cfg, where=gpu[1], model=spec.name)
+    except memory.MemoryPlanError as e:
+        raise InputError(str(e), param="batch_size") from None
 
 
 def _memory_budget(device: str | None, engine: str, engine_options: dict[str, Any]

@@ -44,7 +44,8 @@ import pyarrow.parquet as pq
 
 from vardist.api import ENGINES, _check_loaded, plan_search
 from vardist.engine import pipeline
-from vardist.engine.plan import SearchSettings, WorkItem, canonical_batches, item_seed
+from vardist.engine.plan import (SELECTION_SETTINGS, STRATEGY_USES, SearchSettings, WorkItem,
+                                 canonical_batches, item_seed)
 from vardist.engine.ray import CodeTable
 from vardist.io import outputs
 from vardist.io.conditions import InputError
@@ -53,10 +54,7 @@ from vardist.models.interface import ScaleWiseGenerator
 SWEEP_KEYS = tuple(f.name for f in fields(SearchSettings))
 POOL_KEYS = ("scale", "cfg", "top_k", "top_p", "tau")  # what an item's pool depends on
 # Selection knobs each strategy reads (see _collapse).
-_KDE = ("bandwidth", "kde_method", "metric")
-USES = {"var-scaling": ("alpha", "rep", "conflict_thresh", *_KDE), "infinity": ("k", *_KDE),
-        "top-k": ("k", *_KDE), "random-k": ("k", *_KDE), "small-k": ("k", *_KDE), "none": ()}
-_SELECTION_KEYS = ("alpha", "rep", "conflict_thresh", "k", *_KDE)
+USES, _SELECTION_KEYS = STRATEGY_USES, SELECTION_SETTINGS
 
 ROWS_FILE, SUMMARY_FILE, CONFIG_FILE = "study.parquet", "summary.parquet", "study.json"
 
@@ -206,15 +204,46 @@ class TorchFidelity:
         return float(out[key])
 
 
+class VerifierMetric:
+    """A verifier (`vardist.verifiers`: "clip", "pickscore", "toy-judge", ...) as a per-image
+    metric: its reward of each image. Its weights are looked up when the study is made (from
+    `weights`, $VARDIST_WEIGHTS or the Hugging Face cache) and it loads at the first use."""
+
+    per_image = True
+
+    def __init__(self, name: str, weights: str | Path | None = None,
+                 device: str | None = None) -> None:
+        self.name, self.weights, self.device = name, weights, device
+        self._verifier = None
+
+    def check(self) -> None:
+        import vardist.verifiers as verifiers
+
+        verifiers.find_weights(verifiers.get_spec(self.name), self.weights)
+
+    def compute(self, images, conditions):
+        if self._verifier is None:
+            from vardist.verifiers import load
+
+            self._verifier = load(self.name, self.weights, self.device)
+        return self._verifier.score(np.ascontiguousarray(images), list(conditions))
+
+
 BUILTIN_METRICS = {m.name: m for m in (JudgeAccuracy, JudgeIS, JudgeFD, JudgeDiversity)}
 
 
 def _metric(m: str | Metric) -> Metric:
     if isinstance(m, str):
-        if m not in BUILTIN_METRICS:
-            raise InputError(f"unknown metric {m!r}; built in: {', '.join(BUILTIN_METRICS)} "
-                             f"(or pass a Metric object)", param="metrics")
-        return BUILTIN_METRICS[m]()
+        from vardist.verifiers import specs as verifier_specs
+
+        if m in verifier_specs() and m not in BUILTIN_METRICS:
+            m = VerifierMetric(m)
+        elif m not in BUILTIN_METRICS:
+            raise InputError(f"unknown metric {m!r}; built in: {', '.join(BUILTIN_METRICS)}, "
+                             f"and the verifiers {', '.join(verifier_specs())} (or pass a "
+                             f"Metric object)", param="metrics")
+        else:
+            return BUILTIN_METRICS[m]()
     if not isinstance(m, Metric):
         raise InputError(f"metrics must be names or Metric objects (name, per_image, "
                          f"compute), got {type(m).__name__}", param="metrics")
@@ -598,17 +627,15 @@ class _RayRunner:
 
         opts = replace(ray_engine.RayOptions(), **study.engine_options)
         opts.check()
-        self.ray, self.started = ray, not ray.is_initialized()
-        if self.started:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            # as search(): None starts an instance of our own, never joins one found here
-            ray.init(address=opts.address or "local", logging_level="WARNING",
-                     log_to_driver=False)
+        # as search(): --address, else $RAY_ADDRESS, else an instance of our own
+        self.ray, self.started = ray, ray_engine.connect(opts)
         model = study.model if isinstance(study.model, str) else ray.put(study.model)
-        n, bundle, threads = ray_engine._actor_shape(ray, opts)
+        fp = ray_engine.model_footprint(study.model)
+        n, bundle, threads = ray_engine.actors_for(ray, opts, fp, study.device, self.started)
         self.actors = ray_engine._ActorSet(ray, ray.remote(ray_engine.Generator),
                                            (model, study.weights, study.device, threads), n,
-                                           bundle, 0, opts.placement_timeout_s)
+                                           bundle, 0, opts.placement_timeout_s,
+                                           opts.report_every_s)
         self.next = 0
 
     def _actor(self):

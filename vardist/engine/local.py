@@ -19,11 +19,12 @@ engines write the same bytes; a second helper thread draws the next batch's pool
 
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from vardist.engine import pipeline
+from vardist.engine import pipeline, rerank
 from vardist.engine.plan import Job
 from vardist.engine.results import Recorder, SearchResults
 
@@ -41,11 +42,14 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
     with pipeline.replica_threads():
         if todo_batches:  # images to make: they must match those already there byte for byte
             recorder.pin_numerics(pipeline.replica_numerics(model))
-        return _run(job, model, recorder, progress, todo_batches, results, embed)
+        # the verifier beside the model, loaded only when there are images to make
+        verify = rerank.for_job(job, model) if todo_batches else None
+        return _run(job, model, recorder, progress, todo_batches, results, embed, verify)
 
 
 def _run(job: Job, model: Any, recorder: Recorder, progress: Progress | None,
-         todo_batches: list, results: dict, embed: pipeline.Embed) -> SearchResults:
+         todo_batches: Sequence, results: dict, embed: pipeline.Embed,
+         verify: rerank.Verify | None = None) -> SearchResults:
     total, settings = len(job.items), job.settings
 
     def write(bi, batch, choices, images, maps, pool_s, finish_s, before: Future | None) -> None:
@@ -63,7 +67,7 @@ def _run(job: Job, model: Any, recorder: Recorder, progress: Progress | None,
         prev = None
         if todo_batches:
             pipeline.prefetch_uniforms(model, todo_batches[0][1], settings, uniforms)
-        for i, entry in enumerate([*todo_batches, None]):
+        for i, entry in enumerate(itertools.chain(todo_batches, [None])):  # one by one
             cur = None
             if entry is not None:
                 bi, batch = entry
@@ -71,15 +75,16 @@ def _run(job: Job, model: Any, recorder: Recorder, progress: Progress | None,
                     pipeline.prefetch_uniforms(model, todo_batches[i + 1][1], settings, uniforms)
                 pool = pipeline.prefix_and_pool(model, batch, settings, keep_state=True)
                 chosen = helper.submit(pipeline.select_batch, pool.codes, embed, pool.seeds,
-                                       settings, keep_density=job.log_candidates)
+                                       settings,  # rerank breaks reward ties by density
+                                       keep_density=job.log_candidates or job.rerank > 0)
                 cur = (bi, batch, pool, chosen)
             if prev is not None:
                 pbi, pbatch, ppool, pchosen = prev
                 choices = pchosen.result()
                 t0 = time.perf_counter()
-                chosen = pipeline.chosen_codes(ppool.codes, choices)
-                images, maps = pipeline.continue_batch(model, pbatch, settings, ppool.prefix,
-                                                       chosen, ppool.state)
+                images, maps, choices = rerank.finish_batch(
+                    model, pbatch, settings, ppool.prefix, ppool.codes, choices, ppool.state,
+                    verify)
                 ppool.state = None  # free the KV cache now
                 last_write = helper.submit(write, pbi, pbatch, choices, images, maps,
                                            ppool.seconds, time.perf_counter() - t0, last_write)

@@ -57,12 +57,19 @@ class Choice:
     density_chosen: float
     seconds: float
     density: np.ndarray | None = field(default=None, repr=False)  # [n], for the candidate table
+    # with a verifier (engine.rerank): the kept image's reward, the candidates finished and
+    # scored (empty without rerank) with their rewards, and the continuations spent on the item
+    reward: float | None = None
+    reranked: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    continuations: int = 1
 
 
 # torch intra-op threads of every model replica, in every engine: the bytes of a CPU replica
 # depend on it. 1 because more replicas beat more threads per replica (benchmarks/
-# ray_scaling.py) and a 1-thread local engine measured faster than a 2-thread one on 2 cores
-# (the other core selects, encodes and prepares uniforms: docs/throughput.md).
+# ray_scaling.py: a 2-thread CPU actor ran 5x slower than a 1-thread one on the 2-core box).
+# The local engine's other cores select, encode PNGs and draw uniforms ahead; a CPU run that
+# wants every core for the model uses more replicas (--engine ray --actors N on one machine).
 REPLICA_THREADS = 1
 
 

@@ -28,6 +28,22 @@ from vardist.selection import METRICS, STRATEGIES
 
 _SELECT_KEY = 0x5E1EC7  # spawn key separating an item's selection rng from its sampling streams
 
+# The settings each selection strategy reads beyond its pool (n, scale, sampling); one it does
+# not read changes no image. "none" (plain sampling: candidate 0) reads none of them, nor n.
+KDE_SETTINGS = ("bandwidth", "kde_method", "metric")
+SELECTION_SETTINGS = ("alpha", "rep", "conflict_thresh", "k", *KDE_SETTINGS)
+STRATEGY_USES: dict[str, tuple[str, ...]] = {
+    "var-scaling": ("alpha", "rep", "conflict_thresh", *KDE_SETTINGS),
+    "infinity": ("k", *KDE_SETTINGS), "top-k": ("k", *KDE_SETTINGS),
+    "random-k": ("k", *KDE_SETTINGS), "small-k": ("k", *KDE_SETTINGS), "none": ()}
+
+
+def unused_settings(strategy: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Of the settings a caller gave explicitly, those `strategy` does not read."""
+    uses = STRATEGY_USES[strategy]
+    return {k: v for k, v in given.items()
+            if (k in SELECTION_SETTINGS and k not in uses) or (k == "n" and strategy == "none")}
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -182,7 +198,7 @@ def memory_budget(device: str | None) -> tuple[int, str]:
 def check_pool_memory(settings: SearchSettings, batch_size: int, tokens: int,
                       budget: tuple[int, str], dim: int = 1) -> int:
     """Refuse a candidate pool that cannot fit, by arithmetic. A batch's pool is held whole
-    (DESIGN.md step 4): batch_size x pool_size candidates of `tokens` codes at the searched
+    (the selection needs every candidate at once): batch_size x pool_size candidates of `tokens` codes at the searched
     scale, as int64 codes and their float32 embeddings (`dim` coordinates a token; 1 when
     unknown, so the figure is a lower bound and a pool that fits is never refused)."""
     per = tokens * (8 + 4 * dim)
@@ -312,6 +328,15 @@ class Job:
     log_candidates: bool = False
     options: dict[str, Any] = field(default_factory=dict)     # engine-specific (ray: address, actors)
     model_options: dict[str, Any] = field(default_factory=dict)  # builder options (schedule=)
+    # "weights FILE" -> size and sampled hash of each file loaded (registry.weights_identity)
+    weights_identity: dict[str, str] = field(default_factory=dict)
+    # verifier-guided search (engine.rerank): the reward's name, where its weights are, how
+    # many shortlisted candidates to finish and score (0: score the chosen image only), and
+    # "verifier weights NAME" -> size and sampled hash of what it reads
+    verifier: str | None = None
+    verifier_weights: str | None = None
+    rerank: int = 0
+    verifier_identity: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # made on demand: a plan of millions of images is checked and held without building it
@@ -332,4 +357,9 @@ class Job:
         return {"model": self.model_name, **asdict(self.settings), **self.model_options,
                 "batch_size": self.batch_size,
                 "seed": self.seed, "samples": self.samples, "condition_kind": self.condition_kind,
+                # a log with candidate rows for only part of the images would mislead
+                "log_candidates": self.log_candidates, **self.weights_identity,
+                # only when set: folders of runs without a verifier resume as before
+                **({"verifier": self.verifier, "rerank": self.rerank, **self.verifier_identity}
+                   if self.verifier else {}),
                 "conditions": [[ci, c] for ci, c in self.conditions]}

@@ -27,6 +27,7 @@ images and token maps instead.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -35,7 +36,7 @@ import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -108,14 +109,14 @@ class Packed:
         if a.size == 0:
             return cls(a, a.dtype.str, a.shape, False)
         lo, hi = int(a.min()), int(a.max())
-        if a.ndim and lo >= 0 and hi <= 1 and a.shape[-1] % 8 == 0 and a.shape[-1] > 1:
+        if a.ndim and lo >= 0 and hi <= 1 and a.shape[-1] > 1:  # any width: 32 (2B), 56 (8B)
             return cls(np.packbits(a.astype(np.uint8), axis=-1), a.dtype.str, a.shape, True)
         small = next((t for t in (np.uint8, np.uint16, np.uint32)
                       if lo >= 0 and hi <= np.iinfo(t).max), a.dtype)
         return cls(a.astype(small), a.dtype.str, a.shape, False)
 
     def unpack(self) -> np.ndarray:
-        a = np.unpackbits(self.data, axis=-1) if self.bits else self.data
+        a = np.unpackbits(self.data, axis=-1, count=self.shape[-1]) if self.bits else self.data
         return a.astype(np.dtype(self.dtype)).reshape(self.shape)
 
     @property
@@ -181,6 +182,7 @@ class FinishMsg:
     images: np.ndarray | None     # uint8 [B, H, W, 3]
     maps: list[Packed]            # token maps of every scale (in-memory runs only)
     seconds: float                # continuation, decode and encoding
+    choices: list | None = None   # with a verifier: the choices with rewards (engine.rerank)
 
 
 # --- the generator actor ------------------------------------------------------------------
@@ -198,7 +200,7 @@ class Generator:
     CPU_THREADS = 2  # PNG encoding and uniforms (a 1024x1024 PNG: ~0.4 s, zlib drops the GIL)
 
     def __init__(self, model: Any, weights: str | None, device: str | None,
-                 threads: int | None) -> None:
+                 threads: int | None, verify: tuple | None = None) -> None:
         import torch
 
         from vardist.engine import pipeline
@@ -207,11 +209,27 @@ class Generator:
         # float kernels split their sums by it, and the bytes would follow.
         self.threads = threads or pipeline.REPLICA_THREADS
         torch.set_num_threads(self.threads)
+        self.load_error: Exception | None = None
         if isinstance(model, str):
             from vardist.models import registry
+            from vardist.models.checkpoint import CheckpointError
 
-            model = registry.load(model, weights, device)
+            try:
+                model = registry.load(model, weights, device)
+            except CheckpointError as e:
+                # A weights file refused or unreadable: every replacement would fail alike, so
+                # the actor stays up and info() hands the error to the driver, once.
+                self.load_error = e
+                return
         self.model = model
+        from vardist.engine import rerank
+        from vardist.models.checkpoint import CheckpointError
+
+        try:  # the verifier beside the model, on its device (rerank.verify_args)
+            self.verify = rerank.load_verify(verify, model)
+        except (FileNotFoundError, CheckpointError) as e:  # handed to the driver, as above
+            self.load_error = e
+            return
         self.code_ndim = len(model.code_shape)
         self._device = ThreadPoolExecutor(1, "vardist-device", initializer=torch.set_num_threads,
                                           initargs=(self.threads,))
@@ -238,21 +256,39 @@ class Generator:
         return await self._on(self._device, self._pool, items, settings)
 
     async def finish(self, items: list, settings: Any, prefix: list[Packed], chosen: Packed,
-                     encode: bool) -> FinishMsg:
-        """The batch's images: encoded as PNGs (encode), else uint8 arrays with their maps."""
+                     encode: bool, choices: list | None = None) -> FinishMsg:
+        """The batch's images: encoded as PNGs (encode), else uint8 arrays with their maps.
+        With a verifier, `choices` come along and go back with their rewards; with rerank,
+        `chosen` is the whole pool and only the kept images come back."""
         import asyncio
 
         from vardist.engine import pipeline
         from vardist.io import outputs
 
         t0 = time.perf_counter()
-        images, maps = await self._on(self._device, pipeline.continue_batch, self.model, items,
-                                      settings, [p.unpack() for p in prefix], chosen.unpack())
+        prefix_np, codes = [p.unpack() for p in prefix], chosen.unpack()
+        if self.verify is None:
+            images, maps = await self._on(self._device, pipeline.continue_batch, self.model,
+                                          items, settings, prefix_np, codes)
+        else:
+            images, maps, choices = await self._on(self._device, self._verified, items,
+                                                   settings, prefix_np, codes, choices)
         if encode:  # the device thread is free for the next call meanwhile
             pngs = await asyncio.gather(*(self._on(self._cpu, outputs.png_bytes, im)
                                           for im in images))
-            return FinishMsg(list(pngs), None, [], time.perf_counter() - t0)
-        return FinishMsg(None, images, [Packed.pack(m) for m in maps], time.perf_counter() - t0)
+            return FinishMsg(list(pngs), None, [], time.perf_counter() - t0, choices)
+        return FinishMsg(None, images, [Packed.pack(m) for m in maps], time.perf_counter() - t0,
+                         choices)
+
+    def _verified(self, items: list, settings: Any, prefix: list[np.ndarray], codes: np.ndarray,
+                  choices: list) -> tuple[np.ndarray, list[np.ndarray], list]:
+        from vardist.engine import pipeline, rerank
+
+        if self.verify.rerank:  # no kept generator state here: rebuilt from the codes
+            return rerank.finish_batch(self.model, items, settings, prefix, codes, choices,
+                                       None, self.verify)
+        images, maps = pipeline.continue_batch(self.model, items, settings, prefix, codes)
+        return images, maps, rerank.score_chosen(self.verify, items, images, choices)
 
     async def info(self) -> dict[str, Any]:
         """Where this replica runs: process, GPUs Ray gave it, torch threads, and what its
@@ -261,6 +297,8 @@ class Generator:
 
         from vardist.engine import pipeline
 
+        if self.load_error is not None:
+            raise self.load_error
         numerics = await self._on(self._device, pipeline.replica_numerics, self.model)
         return {"pid": os.getpid(), "gpu_ids": ray.get_gpu_ids(),
                 "threads": numerics["threads"], "numerics": numerics}
@@ -278,13 +316,17 @@ class Selected:
     pool_seconds: float
 
 
-def select_pool(msg: PoolMsg, seeds: list[int], settings: Any, keep_density: bool) -> Selected:
+def select_pool(msg: PoolMsg, seeds: list[int], settings: Any, keep_density: bool,
+                whole: bool = False) -> Selected:
     """Densities and choices for one pool batch: on the driver, or as a Ray task next to the
-    object (pipeline.select_batch does the work; the table stands in for model.embed)."""
+    object (pipeline.select_batch does the work; the table stands in for model.embed).
+    whole: the continuation gets the whole pool (rerank finishes several candidates)."""
     from vardist.engine import pipeline
 
     codes = msg.codes.unpack()
     choices = pipeline.select_batch(codes, msg.table, seeds, settings, keep_density=keep_density)
+    if whole:
+        return Selected(choices, msg.prefix, msg.codes, msg.seconds)
     chosen = pipeline.chosen_codes(codes, choices)
     return Selected(choices, msg.prefix, Packed.pack(chosen), msg.seconds)
 
@@ -368,41 +410,97 @@ def _say(message: str) -> None:
 
 def resolve_address(address: str | None) -> tuple[str, str]:
     """Ray's convention: --address overrides, else $RAY_ADDRESS, else a new local instance.
-    Returns (address for ray.init, a sentence saying which and why)."""
+    Returns (address for ray.init, where it came from: "--address", "RAY_ADDRESS" or "")."""
     if address:
-        return address, f"joining the Ray cluster at {address} (from --address)"
+        return address, "--address"
     env = os.environ.get("RAY_ADDRESS", "").strip()
     if env:
-        return env, f"joining the Ray cluster at {env} (from RAY_ADDRESS)"
-    return "local", ("starting a local Ray instance on this machine (no --address, RAY_ADDRESS "
-                     "unset)")
+        return env, "RAY_ADDRESS"
+    return "local", ""
 
 
-def check_reachable(address: str, timeout_s: float, source: str) -> None:
+def _which(address: str, source: str) -> str:
+    """The first line of a Ray run: which Ray it runs on, and why."""
+    if not source:
+        return ("Ray: starting a local Ray instance on this machine (no --address, RAY_ADDRESS "
+                "unset)")
+    return f"Ray: joining the cluster at {address} (from {source})"
+
+
+def check_reachable(address: str, source: str, timeout_s: float) -> None:
     """A HOST:PORT or ray://HOST:PORT address must accept a TCP connection within timeout_s:
     ray.init itself retries an unreachable GCS for minutes. "local" and "auto" are Ray's own
-    to resolve (auto fails at once when no cluster runs here)."""
+    to resolve (auto fails at once when no cluster runs here). source: where the address came
+    from ("--address" or "RAY_ADDRESS"), named in the error."""
     if address in ("local", "auto"):
         return
     from vardist.io.conditions import InputError
 
-    hostport = address.split("://", 1)[1] if "://" in address else address
-    host, _, port = hostport.rpartition(":")
+    scheme, _, hostport = address.rpartition("://")
+    if scheme not in ("", "ray"):  # e.g. the dashboard's http://HOST:8265 from `ray job` docs
+        raise InputError(
+            f"Ray address {address} (from {source}) is a {scheme}:// URL: that is the "
+            f"dashboard's Jobs API, which `ray job submit` takes, not a cluster to join. Use "
+            f"auto (on a cluster node or inside a Ray job), HOST:6379 (the GCS) or "
+            f"ray://HOST:10001 (Ray Client)", param="address")
+    host, _, port = hostport.split("/", 1)[0].rpartition(":")
     try:
         port_no = int(port)
     except ValueError:
-        raise InputError(f"Ray address {address!r} ({source}) has no port: use HOST:PORT "
-                         f"(GCS, 6379 by default), ray://HOST:PORT (Ray Client, 10001) or auto",
-                         param="address") from None
+        raise InputError(f"Ray address {address!r} (from {source}) has no port: use HOST:PORT "
+                         f"(the GCS, 6379 by default), ray://HOST:PORT (Ray Client, 10001) or "
+                         f"auto", param="address") from None
     try:
         socket.create_connection((host.strip("[]"), port_no), timeout=timeout_s).close()
     except OSError as e:
         raise InputError(
-            f"cannot reach the Ray cluster at {address} ({source}): {e.strerror or e} within "
-            f"{timeout_s:g} s. Check that the cluster is up (`ray status` on its head) and "
-            f"that the host and port are right (the GCS listens on 6379, Ray Client on 10001); "
-            f"on a cluster node use --address auto, or leave --address and RAY_ADDRESS unset "
-            f"to start a local Ray instance", param="address") from None
+            f"cannot reach the Ray cluster at {address} (from {source}): "
+            f"{e.strerror or e.__class__.__name__} (waited at most {timeout_s:g} s). Check that "
+            f"the cluster is up (`ray status` on its head node) and that the host and port are "
+            f"right (the GCS listens on 6379, Ray Client on 10001); on a cluster node use "
+            f"--address auto, or leave --address and RAY_ADDRESS unset to start a local Ray "
+            f"instance", param="address") from None
+
+
+def connect(opts: RayOptions) -> bool:
+    """Join the cluster the options name (--address, else $RAY_ADDRESS) or start a local Ray
+    instance, saying which first. Returns whether this call started Ray (the caller then shuts
+    it down). A process already connected (ray.init done by the caller) keeps its instance."""
+    import ray
+
+    if ray.is_initialized():
+        _say("Ray: using the Ray instance this process has already joined (ray.init was called "
+             "before vardist)")
+        return False
+    address, source = resolve_address(opts.address)
+    _say(_which(address, source))
+    check_reachable(address, source, opts.connect_timeout_s)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # "local": always a new instance of our own, never a cluster another process started here
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    return True
+
+
+def preflight(engine_options: dict[str, Any]) -> None:
+    """The checks of a Ray run that need no Ray: its options, and that the cluster address
+    answers. search() calls it before it takes the output folder, so a bad address leaves
+    nothing behind (and fails in seconds instead of ray.init's minutes of retries)."""
+    opts = _options(None, engine_options)
+    check_reachable(*resolve_address(opts.address), opts.connect_timeout_s)
+
+
+def _options(options: RayOptions | None, overrides: dict[str, Any]) -> RayOptions:
+    """RayOptions with keyword overrides (None: not given), checked."""
+    known = {f.name for f in fields(RayOptions)}
+    for key in overrides:
+        if key not in known:
+            from vardist.io.conditions import InputError
+
+            raise InputError(f"unknown Ray engine option {key!r}; known: "
+                             f"{', '.join(sorted(known))}", param=key)
+    opts = replace(options or RayOptions(), **{k: v for k, v in overrides.items() if v is not None})
+    opts.check()
+    return opts
 
 
 def wait_for_placement(ray: Any, pg: Any, n: int, bundle: dict[str, float], timeout_s: float,
@@ -451,6 +549,27 @@ def _actor_shape(ray: Any, opts: RayOptions, device: str | None = None,
             opts.threads)
 
 
+def model_footprint(model: Any) -> Any:
+    """The memory Footprint of a registry model (vardist.models.memory); None for a model
+    instance or a model without one (fixtures)."""
+    if not isinstance(model, str):
+        return None
+    from vardist.models import memory
+
+    return memory.footprint(model)
+
+
+def actors_for(ray: Any, opts: RayOptions, fp: Any, device: str | None, started: bool
+               ) -> tuple[int, dict[str, float], int | None]:
+    """_actor_shape for a model of footprint fp (model_footprint) on the Ray this process joined
+    (started: by connect()). A local instance of our own cannot grow; a cluster may have an
+    autoscaler, which the pending GPU actors make add GPU nodes."""
+    from vardist.models import memory
+
+    local = started and not resolve_address(opts.address)[1]
+    return _actor_shape(ray, opts, device, memory.wants_gpu(fp), can_scale=not local)
+
+
 def _gpu_capacity() -> int | None:
     """Total memory of the GPU this task was given (None where torch sees no CUDA device)."""
     import torch
@@ -477,7 +596,7 @@ def _memory_check(ray: Any, job: Any, fp: Any, bundle: dict[str, float]
             return
         s = job.settings
         try:
-            memory.check_fits(fp, capacity, batch=job.batch_size, n=s.n, scale=s.scale,
+            memory.check_fits(fp, capacity, batch=job.batch_size, n=s.pool_size, scale=s.scale,
                               cfg=s.cfg, where="each actor's GPU", model=job.model_name)
         except memory.MemoryPlanError as e:
             raise InputError(str(e), param="batch_size") from None
@@ -489,9 +608,12 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
         options: RayOptions | None = None, **overrides: Any) -> Any:
     """Run `job` on Ray. Same contract as `vardist.engine.local.run` (results in item order,
     outputs through `recorder`), plus where to run, as RayOptions fields (`options` and/or
-    keyword overrides): address None starts a local Ray instance (stopped at the end), "auto"
-    or "ray://HOST:PORT" joins a cluster; actors None puts one generator actor on every GPU
-    (one CPU actor where there are none).
+    keyword overrides): address None joins $RAY_ADDRESS if set, else starts a local Ray
+    instance (stopped at the end); "auto", HOST:PORT or "ray://HOST:PORT" joins a cluster
+    (connect() says which first). Actors need a GPU each when the run asks for cuda, when the
+    cluster has GPUs, or when the model is a GPU model on a cluster that can grow (then the
+    pending actors make the autoscaler add GPU nodes; the wait is bounded and reported);
+    actors None puts one on every GPU (one CPU actor where there are none).
 
     model: a loaded model is shipped to the actors through the object store (fine for small
     models); None makes every actor load `job.model` by name from `job.weights` on its own
@@ -499,42 +621,41 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
     returned results carry `.stats` (actors, replaced, redone)."""
     import ray
 
+    from vardist.engine import rerank
     from vardist.engine.results import Recorder, SearchResults
 
-    known = {f.name for f in fields(RayOptions)}
-    for key in overrides:
-        if key not in known:
-            from vardist.io.conditions import InputError
-
-            raise InputError(f"unknown Ray engine option {key!r}; known: "
-                             f"{', '.join(sorted(known))}", param=key)
-    opts = replace(options or RayOptions(), **{k: v for k, v in overrides.items() if v is not None})
-    opts.check()
+    opts = _options(options, overrides)
     recorder = recorder or Recorder(job, {})
     total = len(job.items)
     todo_batches, results = recorder.plan()
-    if progress:
-        progress(len(results), total)
     if not todo_batches:
+        if progress:
+            progress(len(results), total)
         recorder.close()
         return SearchResults(results[i] for i in sorted(results))
 
-    started = not ray.is_initialized()
-    if started:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # "local": always a new instance of our own, never a cluster another process started here
-        ray.init(address=opts.address or "local", logging_level="WARNING", log_to_driver=False)
-    src = job.model if model is None else model
-    model_arg = src if isinstance(src, str) else ray.put(src)  # put once, shared by all actors
-    n, bundle, threads = _actor_shape(ray, opts)
-    cls = ray.remote(Generator)
-    pool = _ActorSet(ray, cls, (model_arg, job.weights, job.device, threads), n, bundle,
-                     opts.max_replacements if opts.max_replacements is not None else 2 * n,
-                     opts.placement_timeout_s)
+    started = connect(opts)  # first: its line says which Ray the run uses
+    try:
+        if progress:
+            progress(len(results), total)
+        src = job.model if model is None else model
+        model_arg = src if isinstance(src, str) else ray.put(src)  # put once, shared by all
+        fp = model_footprint(src)
+        n, bundle, threads = actors_for(ray, opts, fp, job.device, started)
+        cls = ray.remote(Generator)
+        init = (model_arg, job.weights, job.device, threads, rerank.verify_args(job))
+        pool = _ActorSet(ray, cls, init, n, bundle,
+                         opts.max_replacements if opts.max_replacements is not None else 2 * n,
+                         opts.placement_timeout_s, opts.report_every_s,
+                         before_spawn=_memory_check(ray, job, fp, bundle))
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
     on_tasks = opts.select_on == "tasks" or (opts.select_on == "auto" and bundle.get("GPU"))
     stage = _Stage(ray, job, pool, opts.depth, on_tasks, recorder, results, progress, total)
     try:
-        stage.drive([_Task("pool", bi, batch) for bi, batch in todo_batches])
+        stage.drive(_Task("pool", bi, batch) for bi, batch in todo_batches)  # made as needed
         recorder.close()
     finally:
         pool.close()
@@ -560,7 +681,7 @@ class _Stage:
         self.max_open = len(actors.handles) * (depth + 1)
         self.redone = 0
 
-    def drive(self, batches: list[_Task]) -> None:
+    def drive(self, batches: Iterable[_Task]) -> None:
         # PNG writes (encoded by the actors) and log parts run on one helper thread, in order,
         # while the loop keeps the actors fed; at most one write per actor waits in its queue.
         self._pin_numerics()
@@ -572,7 +693,13 @@ class _Stage:
     def _pin_numerics(self) -> None:
         """Every replica must compute alike (same device kind, torch, threads), and like the
         replicas that made the images already in the folder: otherwise bytes would differ."""
-        infos = self.ray.get([h.info.remote() for h in self.actors.handles])
+        from vardist.models.checkpoint import CheckpointError
+
+        try:
+            infos = self.ray.get([h.info.remote() for h in self.actors.handles])
+        except (CheckpointError, FileNotFoundError) as e:  # Ray's wrapper of an actor's error
+            # is also its type (FileNotFoundError: a verifier's weights missing on that node)
+            raise getattr(e, "cause", e) from None  # the file and why, without Ray's traceback
         numerics = [i["numerics"] for i in infos]
         odd = next((i for i, n in enumerate(numerics) if n != numerics[0]), None)
         if odd is not None:
@@ -584,16 +711,21 @@ class _Stage:
                              param="actors")
         self.recorder.pin_numerics(numerics[0])
 
-    def _drive(self, batches: list[_Task], writer: ThreadPoolExecutor) -> None:
+    def _drive(self, batches: Iterable[_Task], writer: ThreadPoolExecutor) -> None:
         ray = self.ray
         self.writes: deque[Future] = deque()
-        waiting, finishing = deque(batches), deque()
+        # `waiting` holds one fresh batch at most (a plan's batches are made as actors free
+        # up, not all first) and the lost ones to redo; it is empty once `fresh` is.
+        fresh = iter(batches)
+        waiting, finishing = deque(itertools.islice(fresh, 1)), deque()
         inflight: dict[Any, tuple[_Task, int, Any]] = {}
         open_batches = 0
         while waiting or finishing or inflight:
             while min(self.load) < self.depth and (
                     finishing or (waiting and open_batches < self.max_open)):
                 task = finishing.popleft() if finishing else waiting.popleft()
+                if not waiting:
+                    waiting.extend(itertools.islice(fresh, 1))
                 open_batches += task.kind == "pool"
                 ref, slot, h = self._submit(task)
                 inflight[ref] = task, slot, h
@@ -618,11 +750,11 @@ class _Stage:
                     continue
                 if task.kind == "pool" and self.select_task:  # select next to the object
                     sel = self.select_task.remote(ref, self._seeds(task), self.job.settings,
-                                                  self.job.log_candidates)
+                                                  *self._select_flags())
                     inflight[sel] = _Task("select", task.bi, task.batch), -1, None
                 elif task.kind in ("pool", "select"):
                     selected = out if task.kind == "select" else select_pool(
-                        out, self._seeds(task), self.job.settings, self.job.log_candidates)
+                        out, self._seeds(task), self.job.settings, *self._select_flags())
                     finishing.append(_Task("finish", task.bi, task.batch, selected))
                 else:
                     while self.writes and (len(self.writes) >= len(self.load)
@@ -640,7 +772,12 @@ class _Stage:
             return h.pool.remote(task.batch, self.job.settings), slot, h
         sel = task.selected
         return h.finish.remote(task.batch, self.job.settings, sel.prefix, sel.chosen,
-                               self.job.out is not None), slot, h
+                               self.job.out is not None,
+                               sel.choices if self.job.verifier else None), slot, h
+
+    def _select_flags(self) -> tuple[bool, bool]:
+        """select_pool's keep_density (rerank breaks reward ties by density) and whole."""
+        return self.job.log_candidates or self.job.rerank > 0, self.job.rerank > 0
 
     @staticmethod
     def _seeds(task: _Task) -> list[int]:
@@ -648,7 +785,8 @@ class _Stage:
 
     def _record(self, task: _Task, msg: FinishMsg) -> None:
         sel = task.selected
-        for r in self.recorder.record(task.bi, task.batch, sel.choices, msg.images,
+        choices = msg.choices if msg.choices is not None else sel.choices
+        for r in self.recorder.record(task.bi, task.batch, choices, msg.images,
                                       [m.unpack() for m in msg.maps], sel.pool_seconds,
                                       msg.seconds, pngs=msg.pngs):
             self.results[r.item.index] = r

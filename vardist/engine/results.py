@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from vardist.engine.pipeline import Choice
-from vardist.engine.plan import Job, WorkItem
+from vardist.engine.plan import Batches, Job, WorkItem
 from vardist.io import outputs
 from vardist.io.outputs import atomic_write_bytes
 from vardist.io.runlog import ROW_SCHEMA, RUN_JSON, ResumeMismatch, RunLog
@@ -38,6 +39,9 @@ class Result:
     resumed: bool = False  # finished by an earlier run on the same folder
     # seconds this image took, by stage (pool, select, finish, write); None when resumed
     seconds: dict[str, float] | None = field(default=None, repr=False)
+    # with a verifier: the kept image's reward; continuations: images finished for this one
+    reward: float | None = None
+    continuations: int = 1
 
 
 class SearchResults(list):
@@ -48,7 +52,8 @@ class SearchResults(list):
                  "sample_index": r.item.sample_index, "seed": r.item.seed, "chosen": r.chosen,
                  "branch": r.branch, "density_max": r.density_max,
                  "density_mean": r.density_mean, "density_chosen": r.density_chosen,
-                 "path": str(r.path) if r.path else None, "resumed": r.resumed} for r in self]
+                 "path": str(r.path) if r.path else None, "resumed": r.resumed,
+                 "reward": r.reward, "continuations": r.continuations} for r in self]
         return pa.Table.from_pylist(rows)
 
     def stage_seconds(self) -> dict[str, float]:
@@ -70,6 +75,23 @@ class SearchResults(list):
 STAGES = ("pool", "select", "finish", "write")
 
 
+class TodoBatches(Sequence):
+    """(batch index, batch) of the canonical batches a run still has to compute, each made
+    when it is read."""
+
+    def __init__(self, batches: Batches, indexes: Sequence[int]) -> None:
+        self.batches, self.indexes = batches, indexes
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        bi = self.indexes[i]
+        return bi, self.batches[bi]
+
+
 class Recorder:
     """Writes a run's outputs. Construct it after the checks, holding the output folder's lock
     (search() takes it; outputs.folder_lock): it opens run.json and clears what a killed run
@@ -86,10 +108,12 @@ class Recorder:
         self._bytes, self._images = 0, 0  # written by this run: the disk-full estimate
         self.tags = {ci: _tag(line) for ci, line in job.prompt_lines.items()}
         if self.log:
+            earlier_run = (self.out / RUN_JSON).is_file()  # resumed, or restarted (no image)
             self.resumed = self.log.open(job.fingerprint(), config)
-            if self.resumed:
+            if earlier_run:  # what a killed run left: its temporary files, empty prompt folders
                 outputs.remove_stale_temps(self.out)
                 outputs.remove_empty_prompt_folders(self.out, job.prompt_lines)
+            if self.resumed:
                 self.finished = self.log.finished()
 
     def todo(self, batch: Sequence[WorkItem]) -> list[WorkItem]:
@@ -114,7 +138,7 @@ class Recorder:
             if (it.condition_index, it.sample_index) in self.finished:
                 continue
             res = Result(it, ch.index, ch.branch, ch.density_max, ch.density_mean,
-                         ch.density_chosen)
+                         ch.density_chosen, reward=ch.reward, continuations=ch.continuations)
             t0 = time.perf_counter()
             if self.out:
                 rel = outputs.image_relpath(job.condition_kind, it.condition_index,
@@ -144,6 +168,7 @@ class Recorder:
                              "density_max": ch.density_max, "density_mean": ch.density_mean,
                              "density_chosen": ch.density_chosen,
                              **{f"t_{key}": v for key, v in res.seconds.items()},
+                             **_verifier_columns(job, ch),
                              "run_id": self.log.run_id, "run_seed": job.seed,
                              "timestamp": datetime.now(timezone.utc),
                              "hostname": self.hostname,
@@ -191,29 +216,44 @@ class Recorder:
         self.close()
         return SearchResults(earlier[i] for i in sorted(earlier))
 
-    def plan(self) -> tuple[list[tuple[int, list[WorkItem]]], dict[int, Result]]:
+    def plan(self) -> tuple[TodoBatches, dict[int, Result]]:
         """What is left of the job: (batch index, batch) pairs still to compute, and the results
-        an earlier run already finished (by item index), as every engine starts."""
-        todo_batches, skipped = [], []
-        for bi, batch in enumerate(self.job.batches()):
-            todo = self.todo(batch)
-            if todo:
-                todo_batches.append((bi, batch))
-            skipped += [it for it in batch if it not in todo]
-        return todo_batches, {r.item.index: r for r in self.earlier(skipped)}
+        an earlier run already finished (by item index), as every engine starts. Found by
+        arithmetic on the finished (condition, sample) pairs, and the batches left are made on
+        demand, so a plan of millions of images starts at once (building every item first took
+        about 30 s per million)."""
+        job, batches = self.job, self.job.batches()
+        position = {ci: p for p, (ci, _) in enumerate(job.conditions)}
+        samples = job.samples
+        done = {(ci, si): position[ci] * samples + si for ci, si in self.finished
+                if ci in position and 0 <= si < samples}  # -> item index
+        per_batch = Counter(i // job.batch_size for i in done.values())
+        total = len(job.items)
+        full = {bi for bi, k in per_batch.items()
+                if k == min(job.batch_size, total - bi * job.batch_size)}
+        left = range(len(batches)) if not full else [b for b in range(len(batches))
+                                                    if b not in full]
+        return TodoBatches(batches, left), {r.item.index: r for r in self.earlier(done)}
 
-    def earlier(self, items: Sequence[WorkItem]) -> list[Result]:
-        """Records of images an earlier run on this folder finished, from its log."""
-        if not self.log or not items:
+    def earlier(self, done: dict[tuple[int, int], int]) -> list[Result]:
+        """Records of images an earlier run on this folder finished, from its log: `done` maps
+        their (condition index, sample index) to their item index. The item's seed is the
+        logged one (the same run seed made it), so no seed is derived again."""
+        if not self.log or not done:
             return []
-        wanted = {(it.condition_index, it.sample_index): it for it in items}
+        cols = ["condition_index", "sample_index", "seed", "path", "chosen", "branch",
+                "density_max", "density_mean", "density_chosen", "reward", "continuations"]
+        rows = self.log.rows().select(cols).to_pydict()
+        conditions = self.job.conditions
         out = []
-        for row in self.log.rows().to_pylist():
-            it = wanted.get((row["condition_index"], row["sample_index"]))
-            if it is not None:
-                out.append(Result(it, row["chosen"], row["branch"], row["density_max"],
-                                  row["density_mean"], row["density_chosen"],
-                                  path=self.out / row["path"], resumed=True))
+        for ci, si, seed, path, chosen, branch, dmax, dmean, dchosen, reward, conts in zip(
+                *(rows[c] for c in cols)):
+            i = done.get((ci, si))
+            if i is not None:
+                it = WorkItem(i, ci, si, conditions[i // self.job.samples][1], seed)
+                out.append(Result(it, chosen, branch, dmax, dmean, dchosen,
+                                  path=self.out / path, resumed=True, reward=reward,
+                                  continuations=1 if conts is None else conts))
         return out
 
     def pin_numerics(self, numerics: dict[str, Any]) -> None:
@@ -237,6 +277,15 @@ class Recorder:
                 grid = self.out / f"{ci:05d}" / "grid.png"
                 if not grid.is_file() and all(p.is_file() for p in paths):
                     outputs.write_grid(self.out, ci, paths)
+
+
+def _verifier_columns(job: Job, ch: Choice) -> dict[str, Any]:
+    """The run log's verifier columns of one image (runlog.ROW_SCHEMA)."""
+    if not job.verifier:
+        return {"continuations": ch.continuations}
+    return {"verifier": job.verifier, "rerank": job.rerank, "reward": ch.reward,
+            "reranked": ch.reranked, "rerank_rewards": ch.rewards,
+            "continuations": ch.continuations}
 
 
 def _tag(raw_line: str) -> str | None:

@@ -7,6 +7,7 @@ refused before a model is loaded.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,11 @@ class InputError(ValueError):
         self.param = param
 
 
+class InputWarning(UserWarning):
+    """Input that is accepted but changes nothing (an option the run does not read); the CLI
+    prints it as a warning line."""
+
+
 @dataclass(frozen=True)
 class PromptLine:
     index: int     # 0-based line index among the prompt lines: the GenEval folder number
@@ -30,8 +36,12 @@ class PromptLine:
 
 def read_prompts(path: str | Path) -> list[PromptLine]:
     """Read a GenEval-style JSONL file. Blank lines are skipped; every other line must be a JSON
-    object with a non-empty string "prompt" (other keys, like GenEval's tag/include, are kept)."""
-    path = Path(path)
+    object with a non-empty string "prompt" (other keys, like GenEval's tag/include, are kept).
+    The bare name `toy-geneval.jsonl` (or `toy-geneval`), when no such file exists here, means
+    the evaluation prompts shipped with the toy-shapes model."""
+    from vardist.zoo.shapes import resolve_prompt_file  # pure numpy; the zoo package is light
+
+    path = resolve_prompt_file(path)
     if not path.is_file():
         raise InputError(f"prompt file {path} does not exist", param="prompts")
     try:
@@ -87,8 +97,8 @@ def parse_classes(spec: str | int | Sequence[int], num_classes: int | None) -> l
     0..num_classes-1 and appear once (use more samples per class for more images)."""
     if isinstance(spec, str):
         labels = _parse_class_string(spec, num_classes)
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        labels = [spec]
+    elif isinstance(spec, numbers.Integral) and not isinstance(spec, bool):  # numpy ints too
+        labels = [int(spec)]
     elif isinstance(spec, (Mapping, bytes)) or not isinstance(spec, Iterable):
         raise InputError(f"classes must be a string like '0-9', an int or a list of ints, got "
                          f"{type(spec).__name__} {_short(spec)}", param="classes")

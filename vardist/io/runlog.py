@@ -51,6 +51,12 @@ ROW_SCHEMA = pa.schema([
     # its own selection, and its PNG write
     ("t_pool", pa.float64()), ("t_select", pa.float64()), ("t_finish", pa.float64()),
     ("t_write", pa.float64()),
+    # verifier-guided search (engine.rerank): the verifier, the rerank K (0: none), the kept
+    # image's reward, the candidates finished and scored with their rewards (null without a
+    # verifier), and the continuations spent on this image (1 for plain search)
+    ("verifier", pa.string()), ("rerank", pa.int64()), ("reward", pa.float64()),
+    ("reranked", pa.list_(pa.int64())), ("rerank_rewards", pa.list_(pa.float64())),
+    ("continuations", pa.int64()),
     # which run wrote the row, when and where; GenEval's category of the prompt (its "tag")
     ("run_id", pa.string()), ("run_seed", pa.int64()),
     ("timestamp", pa.timestamp("us", tz="UTC")), ("hostname", pa.string()), ("tag", pa.string()),

@@ -16,6 +16,15 @@ and a continuation on another worker rebuilds the state in one teacher-forced fo
     state = model.resume(conditions, seeds, sampling, maps=[r_0, ..., r_k])
     images = model.finish(state)
 
+Search across scales keeps a population of partial generations and looks at them between scales:
+
+    images = model.preview(state)                       # uint8 [B, H, W, 3]: the latent so far, decoded
+    pop = model.fork(state, [0, 0, 1])                  # member i continues item index[i] of state
+    model.advance(pop, codes)                           # members then go their own ways
+
+`fork` copies the family's cache rows (KV cache, accumulated latent, pending logits), so members
+that share a prefix never recompute it; a family without a cheaper way falls back to `resume`.
+
 Randomness: every draw of an item comes from `vardist.models.sampling.item_stream(seed, scale)`,
 a stream keyed only by the item's seed and the scale. Candidate j of a pool at scale k uses row j
 of that stream, and plain sampling at scale k uses row 0, so `strategy="none"` (candidate 0)
@@ -160,6 +169,54 @@ class ScaleWiseGenerator(ABC):
                maps: Sequence[torch.Tensor]) -> GenState:
         """Rebuild a state after scales 0..len(maps)-1 from their codes in one teacher-forced
         forward pass, so any worker can continue any item."""
+
+    def preview(self, state: GenState) -> torch.Tensor:
+        """Decode the latent accumulated over the scales done so far (VAR: f_hat; Infinity: the
+        summed codes; FlexVAR: the latest map's code vectors) at full output size: uint8 RGB
+        [B, H, W, 3] on the CPU, the shape `finish` returns. After the last scale it is
+        `finish`'s image, byte for byte. The state is left as it was (no sampling, no cache
+        change), so a generation continues the same with or without previews."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.family}) has no preview(); "
+                                  f"implement it to decode its accumulated latent")
+
+    def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,
+             seeds: Sequence[int] | None = None) -> GenState:
+        """A new state of len(index) members: member i continues item index[i] of `state` (an
+        index may repeat: several continuations of one partial generation). Member i draws
+        from `seeds[i]`'s streams (default: its item's seed). `state` and every member are
+        independent afterwards: advancing one changes no other. This default re-enters the
+        prefix teacher-forced (`resume`); families with a KV cache copy its rows instead."""
+        shell, _ = self.fork_shell(state, index, seeds)
+        if state.next_scale == 0:
+            return self.start(shell.conditions, shell.seeds, shell.sampling)
+        return self.resume(shell.conditions, shell.seeds, shell.sampling, shell.maps)
+
+    def fork_shell(self, state: GenState, index: Sequence[int] | torch.Tensor,
+                   seeds: Sequence[int] | None = None) -> tuple[GenState, torch.Tensor]:
+        """The checked part of `fork` every family shares: (the forked state with conditions,
+        seeds and maps selected but no cache, the selected item rows as a CPU int64 tensor)."""
+        B = state.batch_size
+        rows = torch.as_tensor(index)
+        if rows.ndim != 1 or rows.numel() == 0 or rows.is_floating_point() or rows.dtype == torch.bool:
+            raise ValueError(f"fork index must be a non-empty 1-D list of item positions, got {index!r}")
+        rows = rows.long().cpu()
+        if int(rows.min()) < 0 or int(rows.max()) >= B:
+            raise ValueError(f"fork index holds {int(rows.min())}..{int(rows.max())} but the state has "
+                             f"{B} items; use positions 0..{B - 1}")
+        picked = [state.seeds[i] for i in rows.tolist()]
+        if seeds is not None:
+            picked = [int(s) for s in seeds]
+            if len(picked) != len(rows) or any(s < 0 for s in picked):
+                raise ValueError(f"fork needs one seed >= 0 per member ({len(rows)}), got {list(seeds)}")
+        shell = GenState(conditions=[state.conditions[i] for i in rows.tolist()], seeds=picked,
+                         sampling=state.sampling, maps=[m[rows.to(m.device)] for m in state.maps])
+        return shell, rows
+
+    def check_preview(self, state: GenState) -> None:
+        """Raise ValueError unless a scale is done (before scale 0 there is nothing to decode)."""
+        if state.next_scale < 1:
+            raise ValueError("preview needs at least one scale done; call run_scales(state, 1) "
+                             "or advance(state, codes) first")
 
     def generate_images(self, conditions: Sequence, seeds: Sequence[int],
                         sampling: Sampling) -> torch.Tensor:

@@ -18,7 +18,7 @@ What the estimate assumes (the dtypes the builders use; docs/infinity.md has the
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 GB = 10**9
@@ -73,6 +73,7 @@ class Footprint:
     decoder_channels: int                # the VAE decoder's width at full resolution
     kv_bytes_cuda: int                   # bytes per cached K / V element on a GPU
     guidance_always: bool                # two rows per item whatever the cfg
+    text_part: str | None = None         # the weights entry of a text encoder (with_text_device)
 
     @property
     def params(self) -> int:
@@ -130,8 +131,9 @@ def _on_meta(build: Callable[[], Any]) -> Any:
 def footprint_from_configs(configs: Sequence[Any], num_scales: int | None = None) -> Footprint:
     """A Footprint from a family's config objects (what `ModelSpec.configs()` returns):
     (VARConfig, VQVAEConfig), (FlexVARConfig, FlexVAEConfig[, side lengths]) or
-    (InfinityConfig, BSQVAEConfig[, TextEncoderSize]). num_scales: the schedule length the
-    registry states (Infinity's pixel budget: 13 scales = 1M)."""
+    (InfinityConfig, BSQVAEConfig[, TextEncoderSize][, schedule ((h, w), ...)]). num_scales: the
+    schedule length the registry states (Infinity's pixel budget: 13 scales = 1M) when no
+    schedule is given."""
     kinds = {type(c).__name__: c for c in configs if not isinstance(c, (tuple, list, int))}
     extra = [c for c in configs if isinstance(c, (tuple, list))]
     if "VARConfig" in kinds:
@@ -173,12 +175,16 @@ def footprint_from_configs(configs: Sequence[Any], num_scales: int | None = None
                    _part("BSQ VAE", _on_meta(lambda: BSQVAE(vae_cfg)))]
         if text is not None:
             weights.append((text.name, text.params, 2 * text.params, 4 * text.params))
-        pn = next((p for p, s in PN_SCALES.items() if s == num_scales), "1M")
-        sched = scale_schedule(1.0, pn)
+        if extra:  # a schedule of its own (toy-shapes), pixels = VAE stride x patch per token
+            sched, px = tuple(tuple(s) for s in extra[0]), 2 ** (len(vae_cfg.ch_mult) - 1) * cfg.patch
+        else:
+            pn = next((p for p, s in PN_SCALES.items() if s == num_scales), "1M")
+            sched, px = scale_schedule(1.0, pn), 16
         h, w = sched[-1]
         return Footprint("infinity", tuple(weights), cfg.depth, cfg.embed_dim, cfg.ffn_hidden,
                          tuple(a * b for a, b in sched), 2 * cfg.d_vae, cfg.d_vae,
-                         (16 * h, 16 * w), vae_cfg.base_ch * vae_cfg.ch_mult[0], 2, False)
+                         (px * h, px * w), vae_cfg.base_ch * vae_cfg.ch_mult[0], 2, False,
+                         text.name if text is not None else None)
     raise ValueError(f"no memory model for the configs {sorted(kinds)}; known: VARConfig, "
                      f"FlexVARConfig, InfinityConfig")
 
@@ -254,6 +260,25 @@ def check_fits(fp: Footprint, capacity: int, *, batch: int, n: int, scale: int,
     raise MemoryPlanError(
         f"{model} at batch {batch} with n {n} needs about {plan.describe()}, but {where} has "
         f"{capacity / GB:.1f} GB; {hint}")
+
+
+# Where a text encoder may live instead of beside the model (Infinity's `text_device` option):
+# "cpu" keeps it there (fp32), "offload" parks it there and moves it to the GPU for one batch's
+# prompts. The plan leaves both out of the GPU's weights: an offloaded T5 visits the GPU before
+# the batch's KV cache exists and is smaller than one item's cache (2.45 vs 5.5 GB for 2B).
+TEXT_DEVICES = ("cpu", "offload")
+
+
+def with_text_device(fp: Footprint, text_device: str | None) -> Footprint:
+    """The footprint of a model whose text encoder is kept on the CPU or offloaded there
+    (text_device "cpu" / "offload"); unchanged for None (beside the model)."""
+    if text_device is None:
+        return fp
+    if text_device not in TEXT_DEVICES:
+        raise ValueError(f"text_device must be None or one of {', '.join(TEXT_DEVICES)}, got "
+                         f"{text_device!r}")
+    return replace(fp, weights=tuple(w for w in fp.weights if w[0] != fp.text_part),
+                   text_part=None)
 
 
 def wants_gpu(fp: Footprint | None) -> bool:

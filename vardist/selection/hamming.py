@@ -175,7 +175,9 @@ def _join_sums(codes: np.ndarray, counts: np.ndarray, table: np.ndarray, radius:
 def _flat_sums(packed: np.ndarray, counts: np.ndarray, table: np.ndarray, radius: int) -> np.ndarray:
     """Pairs within the radius from FAISS's binary flat index, queried in blocks so the returned
     pairs stay bounded (at most BLOCK per block)."""
-    import faiss  # lazy, as in kde.py
+    from vardist.selection.faiss_flavour import load_faiss
+
+    faiss = load_faiss()  # lazy, as in kde.py
 
     index = faiss.IndexBinaryFlat(packed.shape[1] * 8)
     index.add(packed)

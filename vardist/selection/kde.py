@@ -178,16 +178,18 @@ def _sum_positions(score, P: int, parallel: bool) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _thread_controller():
-    import faiss  # noqa: F401 (loaded first, so that its OpenMP and BLAS are under control too)
+    from vardist.selection.faiss_flavour import load_faiss
+
+    load_faiss()  # loaded first, so that its OpenMP and BLAS are under control too
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
 
 
 def _one_openmp_thread() -> None:
-    import faiss
+    from vardist.selection.faiss_flavour import load_faiss
 
-    faiss.omp_set_num_threads(1)
+    load_faiss().omp_set_num_threads(1)
 
 
 def _blas_threads() -> int:
@@ -304,7 +306,9 @@ def _faiss_sums(u: np.ndarray, counts: np.ndarray, h: float, k: int, nprobe: int
                 ivf: bool) -> np.ndarray:
     """Kernel sums over each distinct vector's k nearest distinct vectors (FAISS finds them; the
     kernel uses exact float64 distances so found pairs carry no float32 rounding)."""
-    import faiss  # lazy: only this method needs it
+    from vardist.selection.faiss_flavour import load_faiss
+
+    faiss = load_faiss()  # lazy: only this method needs it
 
     U, d = u.shape
     kk = min(k, U)

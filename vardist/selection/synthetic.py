@@ -5,7 +5,7 @@
 - bit_pool: Infinity-like. Each bit of each position is an independent Bernoulli whose logit is
   N(0, spread^2); bits whose minority value has probability <= 0.03 are fixed, as Infinity's
   top_p=0.97 does. spread=4.5 gives ~1500 distinct codes per position at n=3000 (d=32), close to
-  the ~1525 the notes measured on Infinity-like data.
+  the ~1525 of the Infinity-like pools the method comparisons were first measured on.
 """
 
 from __future__ import annotations

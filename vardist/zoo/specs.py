@@ -9,7 +9,6 @@ import the model code.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vardist.models.registry import ModelSpec, SearchDefaults, register
@@ -23,6 +22,7 @@ JUDGE_FILE = "judge.safetensors"
 
 def read_configs(folder: str | Path = WEIGHTS_DIR):
     """(VQVAEConfig, VARConfig) stored in `folder`/toy-digits.json."""
+    from vardist.models.checkpoint import read_json_config
     from vardist.models.var.transformer import VARConfig
     from vardist.models.var.vqvae import VQVAEConfig
 
@@ -30,7 +30,7 @@ def read_configs(folder: str | Path = WEIGHTS_DIR):
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train the zoo with "
                                 f"`python -m vardist.zoo.train --out {folder}` first")
-    meta = json.loads(path.read_text())
+    meta = read_json_config(path)
 
     def tuples(d: dict) -> dict:  # JSON has lists where the configs hold tuples
         return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
@@ -63,15 +63,18 @@ def load_generator(folder: str | Path = WEIGHTS_DIR, device: str = "cpu"):
 
 
 def build(spec: ModelSpec, files: dict[str, Path], device: str):
-    return load_generator(WEIGHTS_DIR, device)
+    """The shipped weights, or a retrained model's folder given as --weights (the registry
+    finds the three files in one folder)."""
+    return load_generator(files[CONFIG_FILE].parent, device)
 
 
 register(ModelSpec(
     name="toy-digits", family="var",
     description="vardist's own tiny class-conditional VAR on 16x16 handwritten digits (ships inside "
-                "the package; classes 0-9)",
+                "the package, or retrained into --weights DIR; classes 0-9)",
     # cfg / top-k / top-p: plain sampling with these reaches the quality bar (docs/zoo.md)
     defaults=SearchDefaults(scale=1, n=100, strategy="var-scaling", alpha=2.3, rep=10,
                             cfg=1.0, top_k=64, top_p=0.96),
-    files=(), source="trained by `python -m vardist.zoo.train`",
+    files=(CONFIG_FILE, VAE_FILE, VAR_FILE), bundled_dir=lambda: WEIGHTS_DIR,
+    source="`vardist train toy-digits --out DIR` writes them",
     num_scales=4, condition_kind="class", num_classes=10, builder=build, configs=read_configs))

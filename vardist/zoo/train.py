@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +26,7 @@ from vardist.models.var.transformer import VARConfig, VARTransformer
 from vardist.models.var.vqvae import VQVAE, VectorQuantizer, VQVAEConfig
 from vardist.zoo.data import IMAGE_SIZE, NUM_CLASSES, Digits, augment, batches, load_digits
 from vardist.zoo.judge import DigitJudge
+from vardist.zoo.loop import Log, TrainLog, lr_at, run_steps, set_lr
 from vardist.zoo.specs import CONFIG_FILE, JUDGE_FILE, VAE_FILE, VAR_FILE
 
 # The toy architecture: 16x16 digits, a 4x4 latent quantised over 4 scales (30 tokens).
@@ -61,42 +60,9 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared loop helpers
-
-def _lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
-    """Linear warm-up then cosine decay to 10% of base."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def _run(name: str, steps: int, step_fn: Callable[[int], dict[str, float]], log: Callable,
-         log_every: int) -> None:
-    """Call step_fn(step) `steps` times under a progress bar, logging its losses."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    cols = (TextColumn(f"[bold]{name:<6}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[losses]}"))
-    with Progress(*cols, transient=False) as bar:
-        task = bar.add_task(name, total=steps, losses="")
-        for step in range(steps):
-            losses = step_fn(step)
-            if step % log_every == 0 or step == steps - 1:
-                log({"stage": name, "step": step, **losses})
-                bar.update(task, losses=" ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-            bar.advance(task)
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
-# ---------------------------------------------------------------------------------------------
 # Judge
 
-def train_judge(cfg: TrainConfig, data: Digits, log: Callable) -> DigitJudge:
+def train_judge(cfg: TrainConfig, data: Digits, log: Log) -> DigitJudge:
     torch.manual_seed(cfg.seed)
     judge = DigitJudge()
     opt = torch.optim.AdamW(judge.parameters(), lr=cfg.judge_lr, weight_decay=1e-4)
@@ -104,7 +70,7 @@ def train_judge(cfg: TrainConfig, data: Digits, log: Callable) -> DigitJudge:
 
     def step(i: int) -> dict[str, float]:
         x, y = next(stream)
-        _set_lr(opt, _lr_at(i, cfg.judge_steps, cfg.judge_lr))
+        set_lr(opt, lr_at(i, cfg.judge_steps, cfg.judge_lr))
         loss = F.cross_entropy(judge(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,7 +78,7 @@ def train_judge(cfg: TrainConfig, data: Digits, log: Callable) -> DigitJudge:
         return {"ce": loss.item()}
 
     judge.train()
-    _run("judge", cfg.judge_steps, step, log, cfg.log_every)
+    run_steps("judge", cfg.judge_steps, step, log, cfg.log_every)
     return judge.eval()
 
 
@@ -164,7 +130,7 @@ def to_model_input(x: torch.Tensor) -> torch.Tensor:
     return (x * 2 - 1).expand(-1, 3, -1, -1)
 
 
-def train_vqvae(cfg: TrainConfig, data: Digits, log: Callable, vae_cfg: VQVAEConfig = TOY_VQVAE) -> VQVAE:
+def train_vqvae(cfg: TrainConfig, data: Digits, log: Log, vae_cfg: VQVAEConfig = TOY_VQVAE) -> VQVAE:
     torch.manual_seed(cfg.seed)
     vae = VQVAE(vae_cfg)
     V = vae_cfg.vocab_size
@@ -178,7 +144,7 @@ def train_vqvae(cfg: TrainConfig, data: Digits, log: Callable, vae_cfg: VQVAECon
         nonlocal hits
         x, _ = next(stream)
         x = to_model_input(x)
-        _set_lr(opt, _lr_at(i, cfg.vae_steps, cfg.vae_lr))
+        set_lr(opt, lr_at(i, cfg.vae_steps, cfg.vae_lr))
         f = vae.quant_conv(vae.encoder(x))
         f_hat, vq, maps, residuals = quantize_train(vae.quantize, f, cfg.vq_beta)
         rec = vae.decoder(vae.post_quant_conv(f_hat))
@@ -197,7 +163,7 @@ def train_vqvae(cfg: TrainConfig, data: Digits, log: Callable, vae_cfg: VQVAECon
         return out
 
     vae.train()
-    _run("vqvae", cfg.vae_steps, step, log, cfg.log_every)
+    run_steps("vqvae", cfg.vae_steps, step, log, cfg.log_every)
     return vae.eval()
 
 
@@ -240,7 +206,7 @@ def init_var(var: VARTransformer, std: float = 0.02) -> None:
     var.reset_buffers()
 
 
-def train_var(cfg: TrainConfig, vae: VQVAE, data: Digits, log: Callable,
+def train_var(cfg: TrainConfig, vae: VQVAE, data: Digits, log: Log,
               var_cfg: VARConfig = TOY_VAR) -> VARTransformer:
     labels, targets, inputs = tokenize(vae, data, cfg.var_augment_copies, cfg.seed + 4)
     torch.manual_seed(cfg.seed)
@@ -265,7 +231,7 @@ def train_var(cfg: TrainConfig, vae: VQVAE, data: Digits, log: Callable,
         idx = next_idx()
         y = labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < cfg.cond_drop] = var.null_class
-        _set_lr(opt, _lr_at(i, cfg.var_steps, cfg.var_lr))
+        set_lr(opt, lr_at(i, cfg.var_steps, cfg.var_lr))
         logits = var(y, inputs[idx])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[idx].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -277,7 +243,7 @@ def train_var(cfg: TrainConfig, vae: VQVAE, data: Digits, log: Callable,
         return {"ce": loss.item(), "tok_acc": acc.item()}
 
     var.train()
-    _run("var", cfg.var_steps, step, log, cfg.log_every)
+    run_steps("var", cfg.var_steps, step, log, cfg.log_every)
     return var.eval()
 
 
@@ -304,13 +270,11 @@ def train_zoo(cfg: TrainConfig, out: str | Path, stages: tuple[str, ...] = ("jud
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    log_file = (out / "train_log.jsonl").open("a")
-    t0 = time.time()
+    with TrainLog(out) as log:
+        _train_stages(cfg, out, stages, log)
 
-    def log(rec: dict) -> None:
-        log_file.write(json.dumps({"t": round(time.time() - t0, 2), **rec}) + "\n")
-        log_file.flush()
 
+def _train_stages(cfg: TrainConfig, out: Path, stages: tuple[str, ...], log: Log) -> None:
     data = load_digits("train")
     # each stage is saved as soon as it is done, so a later stage can be rerun on its own
     judge = vae = var = None
@@ -326,8 +290,6 @@ def train_zoo(cfg: TrainConfig, out: str | Path, stages: tuple[str, ...] = ("jud
             vae = load_vqvae(out)
         var = train_var(cfg, vae, data, log)
         save_zoo(out, None, vae, var, cfg)
-    log({"stage": "done", "seconds": round(time.time() - t0, 1)})
-    log_file.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,14 +21,15 @@ FlexVAR counterpart of the codebook vectors the authors embed VAR candidates wit
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
-from vardist.models.checkpoint import CheckpointMismatch, load_exact, read_state_dict
+from vardist.models.checkpoint import (CheckpointMismatch, load_exact, read_json_config,
+                                       read_state_dict)
 from vardist.models.flexvar.tokenizer import FlexVAE, FlexVAEConfig
 from vardist.models.flexvar.transformer import (DEFAULT_SCHEDULE, TRAINED_SIDES, FlexVARConfig,
                                                 FlexVARTransformer, check_schedule)
@@ -209,8 +210,33 @@ class FlexVARGenerator(ScaleWiseGenerator):
 
     def finish(self, state: GenState) -> torch.Tensor:
         self.run_scales(state, self.num_scales)
-        # as the reference scripts save PNGs: clamp to [-1, 1], map to [0, 1], round
-        return to_uint8((self.decode(state.maps[-1]).clamp(-1, 1) + 1) / 2)
+        return _png_bytes(self.decode(state.maps[-1]))
+
+    @torch.inference_mode()
+    def preview(self, state: GenState) -> torch.Tensor:
+        """FlexVAR's latent after scale k is that scale's code-vector map alone (each scale
+        quantises the whole latent). It is bicubic-resized to the last scale's side, the resize
+        the model uses for its next input, and decoded at full size; after the last scale no
+        resize happens and the bytes are finish's."""
+        self.check_preview(state)
+        z = self.vae.code_map(state.maps[-1].to(self.device))
+        side = self.sides[-1]
+        if z.shape[-1] != side:
+            z = F.interpolate(z, size=(side, side), mode="bicubic")
+        return _png_bytes(self.vae.decode_latent(z).float().cpu())
+
+    @torch.inference_mode()
+    def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,
+             seeds: Sequence[int] | None = None) -> GenState:
+        """Copies the members' rows of the KV cache (cond and uncond halves), the next input
+        and any pending logits: no transformer pass (benchmarks/fork_cost.py)."""
+        shell, rows = self.fork_shell(state, index, seeds)
+        c: _Cache = state.cache
+        r = rows.to(self.device)
+        r2 = torch.cat((r, r + state.batch_size))  # the doubled batch: cond rows, then uncond
+        shell.cache = _Cache(c.kv.select(r2), c.cond[r2], c.pos, None if c.x is None else c.x[r2],
+                             None if c.logits is None else c.logits[r])
+        return shell
 
     @torch.inference_mode()
     def resume(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling,
@@ -294,6 +320,12 @@ class FlexVARGenerator(ScaleWiseGenerator):
         return gen.decode(state.maps[-1]), list(state.maps)
 
 
+def _png_bytes(raw: torch.Tensor) -> torch.Tensor:
+    """Raw decoder output -> uint8 as the reference scripts save PNGs: clamp to [-1, 1], map to
+    [0, 1], round."""
+    return to_uint8((raw.clamp(-1, 1) + 1) / 2)
+
+
 def _check_mode(cfg_mode: str, max_pn: int) -> tuple[str, int]:
     if cfg_mode not in CFG_MODES:
         raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
@@ -359,6 +391,6 @@ def from_fixture(folder: str | Path, *, schedule: Sequence[int] | None = None,
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a FlexVAR fixture folder (no config.json)")
-    vae_cfg, var_cfg, default = configs_from_fixture(json.loads((folder / "config.json").read_text()))
+    vae_cfg, var_cfg, default = configs_from_fixture(read_json_config(folder / "config.json"))
     return build(vae_cfg, var_cfg, folder / "vae.pth", folder / "var.pth",
                  schedule=schedule or default, device=device)

@@ -16,7 +16,8 @@ from pathlib import Path
 from vardist.models.registry import ModelSpec, SearchDefaults, register
 
 VAE_FILE = "FlexVAE.pth"
-SOURCE = "https://huggingface.co/jiaosiyu1999/FlexVAR"
+HF_REPO = "jiaosiyu1999/FlexVAR"
+SOURCE = f"https://huggingface.co/{HF_REPO}"
 VAR_FILES = {16: "FlexVARd16-epo179.pth", 20: "FlexVARd20-epo249.pth", 24: "FlexVARd24-epo349.pth"}
 FID = {16: "3.05", 20: "2.41", 24: "2.21"}
 # The reference fixture (random weights, FlexVAR layout): runs the whole pipeline anywhere.
@@ -49,12 +50,11 @@ def build(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
 
 
 def build_tiny(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
-    import json
-
+    from vardist.models.checkpoint import read_json_config
     from vardist.models.flexvar.generator import build as build_generator
     from vardist.models.flexvar.generator import configs_from_fixture
 
-    vae_cfg, var_cfg, default = configs_from_fixture(json.loads(files["config.json"].read_text()))
+    vae_cfg, var_cfg, default = configs_from_fixture(read_json_config(files["config.json"]))
     model = build_generator(vae_cfg, var_cfg, files["vae.pth"], files["var.pth"],
                             schedule=schedule or default, device=device)
     model.search_defaults = spec.defaults
@@ -65,7 +65,7 @@ register(ModelSpec(
     name="flexvar-tiny", family="flexvar",
     description="FlexVAR reference fixture (random weights, 2 blocks): pipeline tests, not images",
     defaults=DEFAULTS, files=TINY_FILES,
-    source="shared/fixtures/flexvar-tiny (made by the steering repo's tools/make_flexvar_fixture.py)",
+    source="the flexvar-tiny reference fixture folder (pass it as --weights)",
     num_scales=10, condition_kind="class", num_classes=1000, builder=build_tiny))
 
 for _depth, _file in VAR_FILES.items():
@@ -73,6 +73,6 @@ for _depth, _file in VAR_FILES.items():
         name=f"flexvar-d{_depth}", family="flexvar",
         description=f"FlexVAR-d{_depth} (FID {FID[_depth]}), ImageNet 256x256 class-conditional, "
                     f"flexible scale schedules",
-        defaults=DEFAULTS, files=(VAE_FILE, _file), source=SOURCE,
+        defaults=DEFAULTS, files=(VAE_FILE, _file), source=SOURCE, hf_repos=(HF_REPO,),
         num_scales=10, condition_kind="class", num_classes=1000, builder=build,
         configs=partial(official_configs, _depth)))

@@ -191,7 +191,11 @@ class FlexVAE(nn.Module):
 
     def decode(self, idx: torch.Tensor) -> torch.Tensor:
         """One square token map [B, pn*pn] -> raw decoder output [B, 3, 16pn, 16pn] (unclamped)."""
-        return self.decoder(self.post_quant_conv(self.code_map(idx)))
+        return self.decode_latent(self.code_map(idx))
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """A code-vector map [B, Cvae, h, w] (any size) -> raw decoder output [B, 3, 16h, 16w]."""
+        return self.decoder(self.post_quant_conv(z))
 
 
 def _side(P: int) -> int:

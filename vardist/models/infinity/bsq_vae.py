@@ -190,6 +190,27 @@ def next_scale_input(summed: torch.Tensor, codes_hw: torch.Tensor,
     return summed, nxt.flatten(2).transpose(1, 2)
 
 
+def multiscale_bsq(h: torch.Tensor, schedule: Sequence[tuple[int, int]]
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Multi-scale residual BSQ of encoder features h [B, d, H, W] (the last map of `schedule` is
+    H x W): (bits per scale [B, h, w, d] uint8, the quantised sum z [B, d, H, W]).
+    `encode_bits` runs it on the encoder's output; training (vardist.zoo) runs it on detached
+    features and passes gradients straight through itself."""
+    H, W = h.shape[-2:]
+    s = h.shape[1] ** -0.5
+    residual, z = h, torch.zeros_like(h)
+    bits = []
+    for hw in schedule:
+        r = _resize(residual, tuple(hw), "area")
+        r = r / r.norm(dim=1, keepdim=True)
+        q = torch.where(r > 0, s, -s)
+        q = r + (q - r)  # the reference's straight-through form (may differ from +-s by an ulp)
+        bits.append((r > 0).permute(0, 2, 3, 1).to(torch.uint8))
+        up = _resize(q, (H, W), "trilinear")
+        residual, z = residual - up, z + up
+    return bits, z
+
+
 class BSQVAE(nn.Module):
     """Encoder + decoder + multi-scale BSQ. Images are float RGB in [-1, 1], NCHW."""
 
@@ -210,18 +231,7 @@ class BSQVAE(nn.Module):
             raise ValueError(f"the schedule ends at {tuple(schedule[-1])} but the images encode to "
                              f"{H}x{W}; pass images of {H * self.downsample}x{W * self.downsample} "
                              f"px for this schedule")
-        s = self.cfg.codebook_dim ** -0.5
-        residual, z = h, torch.zeros_like(h)
-        bits = []
-        for hw in schedule:
-            r = _resize(residual, tuple(hw), "area")
-            r = r / r.norm(dim=1, keepdim=True)
-            q = torch.where(r > 0, s, -s)
-            q = r + (q - r)  # the reference's straight-through form (may differ from +-s by an ulp)
-            bits.append((r > 0).permute(0, 2, 3, 1).to(torch.uint8))
-            up = _resize(q, (H, W), "trilinear")
-            residual, z = residual - up, z + up
-        return bits, z
+        return multiscale_bsq(h, schedule)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -21,14 +21,13 @@ unconditional rows at all.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from vardist.models.checkpoint import read_state_dict
+from vardist.models.checkpoint import read_json_config, read_state_dict
 from vardist.models.infinity.bsq_vae import (BSQVAE, BSQVAEConfig, bits_to_codes, load_vae, next_scale_input,
                                              patchify_bits, unpatchify_bits)
 from vardist.models.infinity.schedules import full_schedule, scale_schedule
@@ -235,6 +234,36 @@ class InfinityGenerator(ScaleWiseGenerator):
         state.cache.kv = state.cache.text = None  # free the KV cache before the VAE's activations
         return to_uint8(self.vae.decode(state.cache.summed))
 
+    @torch.no_grad()
+    def preview(self, state: GenState) -> torch.Tensor:
+        # the summed codes already live on the full VAE grid, so this is finish's decode
+        # without freeing the KV cache
+        self.check_preview(state)
+        return to_uint8(self.vae.decode(state.cache.summed))
+
+    @torch.no_grad()
+    def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,
+             seeds: Sequence[int] | None = None) -> GenState:
+        """Copies the members' rows of the self-attention KV cache, the text conditioning (its
+        cross-attention K/V included), the code sum, the next input and any pending logits: no
+        transformer pass (benchmarks/fork_cost.py)."""
+        shell, rows = self.fork_shell(state, index, seeds)
+        run: _Run = state.cache
+        r = rows.to(self.device)
+        # guided batches hold [cond; uncond] rows for the transformer's tensors
+        r2 = torch.cat((r, r + state.batch_size)) if run.guided else r
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[r2]
+
+        text = None if run.text is None else TextCond(
+            take(run.text.sos), take(run.text.gss), take(run.text.mask),
+            [(k[r2], v[r2]) for k, v in run.text.block_kv])
+        kv = None if run.kv is None else [[take(t) for t in blk] for blk in run.kv]
+        shell.cache = _Run(text, run.guided, kv, run.summed[r], take(run.x_next),
+                           None if run.pending is None else run.pending[r])
+        return shell
+
     def resume(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling,
                maps: Sequence[torch.Tensor]) -> GenState:
         self.check_conditions(conditions)
@@ -344,15 +373,18 @@ def build(transformer_sd, vae_sd, icfg: InfinityConfig, vcfg: BSQVAEConfig, *, h
     """Build the modules on the meta device, load the state dicts key for key, move to `device`.
     blocks_dtype: the transformer blocks' storage and autocast dtype; default bfloat16 on CUDA
     (the reference's bf16=1: 4.3 GB instead of 8.6 GB for 2B), float32 elsewhere."""
+    blocks_dtype = blocks_dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
     with torch.device("meta"):
         model, vae = Infinity(icfg), BSQVAE(vcfg)
+    # blocks get their dtype before memory is allocated: loading rounds each weight as a later
+    # cast would, and the host holds 8B's blocks in 16 GB of bf16 beside the file's tensors
+    # instead of 32 GB of fp32
+    model.block_chunks.to(blocks_dtype)
     model, vae = model.to_empty(device="cpu"), vae.to_empty(device="cpu")
     for buf in model.buffers():  # the zero K biases may be absent from a file
         buf.zero_()
     load_infinity(model, transformer_sd)
     load_vae(vae, vae_sd)
-    blocks_dtype = blocks_dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
-    model.block_chunks.to(blocks_dtype)
     sched = tuple(schedule) if schedule is not None else scale_schedule(h_div_w, pn)
     return InfinityGenerator(model.to(device), vae.to(device), sched, full_schedule(h_div_w)[-1],
                              text_encoder=text_encoder, device=device, h_div_w=h_div_w)
@@ -383,7 +415,7 @@ def from_fixture(folder: str | Path, *, text_encoder=None, device: str = "cpu",
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not an Infinity fixture folder (no config.json)")
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json_config(folder / "config.json")
     icfg, vcfg = fixture_configs(config)
     sched = [(h, w) for _, h, w in config["scale_schedule"]]
     return build(read_transformer_weights(folder / transformer), read_state_dict(folder / "vae.pth", unwrap=("vae",)),

@@ -32,7 +32,7 @@ class ByteTokenizer:
 class T5TextEncoder:
     """`device`: where the encoder runs. `park`: where it waits between batches (None: on
     `device`); with park="cpu" and a CUDA device the weights move to the GPU for one batch's
-    prompts and back (issue 18: flan-t5-xl's ~2.4 GB in fp16 off a 24 GB card between batches).
+    prompts and back (flan-t5-xl's ~2.4 GB in fp16 off a 24 GB card between batches).
     The features are the same either way; they are returned on `device`."""
 
     def __init__(self, model, tokenize, *, max_length: int = 512, device: str | torch.device = "cpu",
@@ -85,6 +85,9 @@ def flan_t5(folder: str | Path, device: str | torch.device = "cpu", dtype: torch
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a T5 model folder (no config.json); download "
                                 f"google/flan-t5-xl from https://huggingface.co/google/flan-t5-xl")
+    from vardist.models.checkpoint import read_json_config
+
+    read_json_config(folder / "config.json")  # a broken one is named here, not deep in transformers
     dtype = dtype or (torch.float16 if torch.device(device).type == "cuda" else torch.float32)
     model = tf.T5EncoderModel.from_pretrained(str(folder), local_files_only=True).to(dtype)
     tok = tf.AutoTokenizer.from_pretrained(str(folder), legacy=True, local_files_only=True)

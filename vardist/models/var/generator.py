@@ -199,9 +199,32 @@ class VARGenerator(ScaleWiseGenerator):
 
     def _finish01(self, state: GenState) -> torch.Tensor:
         self.run_scales(state, self.num_scales)
+        return self._decode01(state.cache.f_hat)
+
+    def _decode01(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat -> images [B, 3, H, W] in [0, 1] (finish and preview share it: same bytes)."""
         with self._precision():
-            img = self.vae.fhat_to_img(state.cache.f_hat)
+            img = self.vae.fhat_to_img(f_hat)
         return img.float().add(1).mul(0.5)
+
+    @torch.inference_mode()
+    def preview(self, state: GenState) -> torch.Tensor:
+        self.check_preview(state)
+        return to_uint8(self._decode01(state.cache.f_hat))
+
+    @torch.inference_mode()
+    def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,
+             seeds: Sequence[int] | None = None) -> GenState:
+        """Copies the members' rows of the KV cache (cond and uncond halves), f_hat, the next
+        input and any pending logits: no transformer pass (benchmarks/fork_cost.py)."""
+        shell, rows = self.fork_shell(state, index, seeds)
+        c: VARCache = state.cache
+        r = rows.to(self.device)
+        r2 = torch.cat((r, r + state.batch_size))  # the doubled batch: cond rows, then uncond
+        shell.cache = VARCache(cond=c.cond[r2], kv=c.kv.select(r2), f_hat=c.f_hat[r],
+                               x_next=None if c.x_next is None else c.x_next[r],
+                               logits=None if c.logits is None else c.logits[r])
+        return shell
 
     @torch.inference_mode()
     def resume(self, conditions: Sequence, seeds: Sequence[int], sampling: Sampling,

@@ -12,7 +12,8 @@ from pathlib import Path
 from vardist.models.registry import ModelSpec, SearchDefaults, register
 
 VAE_FILE = "vae_ch160v4096z32.pth"
-SOURCE = "https://huggingface.co/FoundationVision/var"
+HF_REPO = "FoundationVision/var"
+SOURCE = f"https://huggingface.co/{HF_REPO}"
 # alpha per depth: the paper's model-size ablation (Table 3a) at n = 50, within Table 1b's ranges
 # (docs/selection.md has the table). The paper has no d36 row: d36 takes d30's settings, the
 # largest model the paper tuned (scale 1 is the 2x2 map in both schedules).
@@ -60,6 +61,6 @@ for _depth, _alpha in ALPHA_BY_DEPTH.items():
                     f"{512 if _depth in SHARED_ALN_DEPTHS else 256}px class-conditional",
         defaults=SearchDefaults(scale=1, n=50, strategy="var-scaling", alpha=_alpha, rep=10,
                                 cfg=1.0, top_k=900, top_p=0.96),
-        files=(VAE_FILE, var_file(_depth)), source=SOURCE,
+        files=(VAE_FILE, var_file(_depth)), source=SOURCE, hf_repos=(HF_REPO,),
         num_scales=10, condition_kind="class", num_classes=1000, builder=build,
         configs=partial(official_configs, _depth)))
