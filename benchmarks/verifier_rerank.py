@@ -4,9 +4,10 @@ best-of-K.
 
     python benchmarks/verifier_rerank.py                          # toy-digits + toy-judge
     python benchmarks/verifier_rerank.py --samples 20 --seed 1
-    python benchmarks/verifier_rerank.py --model toy-shapes       # toy-geneval (when its weights ship)
+    python benchmarks/verifier_rerank.py --model toy-shapes       # toy-shapes + toy-geneval
     python benchmarks/verifier_rerank.py --plot docs/img/rerank.png   # also reward vs continuations
     python benchmarks/verifier_rerank.py --model toy-shapes --weights DIR   # a retrained toy-shapes
+    python benchmarks/verifier_rerank.py --study    # also: a rerank sweep as one vardist.Study
 
 Every row is one `vardist.search` run with the same seed and items and `verifier=` set, so the
 kept image's reward is logged for every row (scoring the chosen image costs no continuation).
@@ -17,7 +18,9 @@ scale is shared, so this is best-of-K over the searched scale's candidates). Col
 continuations per image (the images finished to keep one), mean reward, correct (toy-digits:
 the judge's top class is the requested one; toy-shapes: the GenEval record holds, i.e. reward
 1), and wall seconds per image on this machine (the model and verifier load once, outside).
-Prints a markdown table.
+Prints a markdown table. --study then runs none / var-scaling / random-k (k 10) x rerank
+0 / 4 / 10 as one `vardist.Study` and prints the continuations it computed (each distinct
+candidate once) against what the same settings cost as separate searches, and its wall time.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main() -> None:
                     "weights shipped with vardist)")
     ap.add_argument("--plot", type=Path, help="also write mean reward vs continuations per "
                     "image, one point per row, as a PNG here")
+    ap.add_argument("--study", action="store_true", help="also run a rerank sweep as one Study")
     args = ap.parse_args()
     setup = SETUPS[args.model]
     model = registry.load(args.model, args.weights, device="cpu")
@@ -90,6 +94,31 @@ def main() -> None:
         points.append((label, cont, reward))
     if args.plot:
         plot(points, f"{args.model} + {setup['verifier']}", args.plot)
+    if args.study:
+        study_cost(model, setup, args)
+
+
+def study_cost(model, setup: dict, args: argparse.Namespace) -> None:
+    """One Study over strategy x rerank: continuations computed vs separate searches."""
+    conditions = next(iter(setup["conditions"].values()))  # the class range or prompt file
+    study = vardist.Study(model, conditions, seeds=args.samples, seed=args.seed,
+                          batch_size=args.batch_size, verifier=setup["verifier"], k=10,
+                          sweep={"strategy": ["none", "var-scaling", "random-k"],
+                                 "rerank": [0, 4, 10]})
+    t0 = time.perf_counter()
+    res = study.run()
+    wall = time.perf_counter() - t0
+    st, images = res.stats, len(study.items)
+    print(f"\nStudy, {len(study.settings)} settings x {images} items: "
+          f"{st['continuations']} continuations computed "
+          f"({st['continuations'] / images:.2f} per item) vs {st['continuations_separately']} "
+          f"as separate searches ({st['continuations_separately'] / images:.2f} per item); "
+          f"{st['pools']} pools; {wall:.1f} s wall")
+    print("| setting | continuations / image | mean reward |")
+    print("|---|---:|---:|")
+    for r in res.summary.to_pylist():
+        print(f"| {r['strategy']} rerank {r['rerank']} | {r['continuations_per_image']:.2f} | "
+              f"{r['reward_mean']:.4f} |")
 
 
 def plot(points: list[tuple[str, float, float]], title: str, path: Path) -> None:
@@ -103,6 +132,7 @@ def plot(points: list[tuple[str, float, float]], title: str, path: Path) -> None
         ax.scatter(cont, reward)
         ax.annotate(label, (cont, reward), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
+    ax.set_xlim(0.8, 3 * max(c for _, c, _ in points))  # room for the labels on the right
     ax.set_xlabel("continuations per image")
     ax.set_ylabel("mean reward")
     ax.set_title(title)

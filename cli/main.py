@@ -245,6 +245,11 @@ def search(
         None, metavar="K", help="With --verifier: finish the first K shortlisted candidates, "
         "score them and keep the best (--strategy random-k --k 8 --rerank 8 is best-of-8).",
         rich_help_panel=SEARCH),
+    search: Optional[str] = typer.Option(
+        None, "--search", metavar="SCHEDULE", help="Search across scales: RULE:POP@SCALE\\[/N],... "
+        "(rules density, reward = beam, cluster, resample), e.g. beam:8@1,4@3,1@6, or the preset "
+        "tts-var; see docs/search.md. density:1@K is the one-scale search at scale K.",
+        rich_help_panel=SEARCH),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar.", rich_help_panel=OUTPUT),
     json_summary: bool = typer.Option(
         False, "--json", help="Print a JSON summary at the end (counts, seconds, paths, seconds "
@@ -276,8 +281,8 @@ def search(
                 schedule=_int_list(schedule, "--schedule"), pool_sampling=_value(pool_sampling),
                 preset=_value(preset), autocast=_value(autocast),
                 text_device=_value(text_device), verifier=verifier,
-                verifier_weights=verifier_weights, rerank=rerank, progress=bar.update,
-                **ray_opts)
+                verifier_weights=verifier_weights, rerank=rerank, search=search,
+                progress=bar.update, **ray_opts)
         except InputError as e:
             raise _bad_input(e) from None
         except MissingVerifierWeights as e:

@@ -241,3 +241,83 @@ def test_rerank_beyond_a_fixed_shortlist_warns():
         plan_search("toy-digits", **RUN, strategy="top-k", k=3, rerank=5, verifier="toy-judge")
     with pytest.warns(InputWarning, match="at most rep = 10 candidates"):
         plan_search("toy-digits", **RUN, strategy="var-scaling", rerank=11, verifier="toy-judge")
+
+
+def test_study_sweeps_rerank_reusing_continuations(model, judge, tmp_path):
+    """A study over rerank 0 / 2 / 4 keeps what separate searches keep, finishes each distinct
+    (item, candidate) once (counted at the model), and scores each image once per verifier."""
+    import dataclasses
+
+    from vardist.study import Study
+
+    finished = []
+    counting = registry.load("toy-digits", device="cpu")
+    inner = counting.finish
+    counting.finish = lambda state: (finished.append(state.batch_size), inner(state))[1]
+    sweep = {"strategy": ["none", "random-k", "var-scaling"], "rerank": [0, 2, 4]}
+    run = dict(n=12, k=4, seed=3, batch_size=4)
+    study = Study(counting, "0-2", seeds=2, sweep=sweep, verifier="toy-judge",
+                  metrics=["toy-judge"], **run)
+    # "none" has no shortlist: rerank collapses to 0 there (one setting, not three)
+    assert [(s.strategy, s.rerank) for s in study.settings] == [
+        ("none", 0), ("random-k", 0), ("random-k", 2), ("random-k", 4), ("var-scaling", 0),
+        ("var-scaling", 2), ("var-scaling", 4)]
+    with pipeline.replica_threads():
+        res = study.run(tmp_path / "study")
+        rows = res.rows.to_pylist()
+        cols = ["reward", "reranked", "rerank_rewards", "continuations"]
+        assert pq.read_table(res.paths["rows"], columns=cols).to_pylist() == \
+            [{c: r[c] for c in cols} for r in rows]
+        assert res.paths["plot_toy-judge_compute"].is_file()  # quality vs compute
+        separate_cost = 0
+        for s in study.settings:
+            knobs = {k: v for k, v in run.items() if s.strategy != "none" or k not in "nk"}
+            alone = vardist.search(model, classes="0-2", samples=2, strategy=s.strategy,
+                                   verifier="toy-judge", rerank=s.rerank or None, **knobs)
+            separate_cost += sum(a.continuations for a in alone)
+            mine = sorted((r for r in rows if (r["strategy"], r["rerank"]) ==
+                           (s.strategy, s.rerank)), key=lambda r: r["item"])
+            assert [r["chosen"] for r in mine] == [a.chosen for a in alone]
+            assert [r["continuations"] for r in mine] == [a.continuations for a in alone]
+            assert [r["reward"] for r in mine] == pytest.approx([a.reward for a in alone],
+                                                                rel=1e-5)
+            for r, a in zip(mine, alone):
+                assert len(r["reranked"]) == (a.continuations if s.rerank else 0)
+                assert r["toy-judge"] == r["reward"]  # the metric reuses the rewards
+                np.testing.assert_array_equal(res.images[r["image_key"]], a.image)
+            summary = [x for x in res.summary.to_pylist() if x["setting"] == mine[0]["setting"]]
+            assert summary[0]["continuations_per_image"] == pytest.approx(
+                np.mean([a.continuations for a in alone]))
+    # What was computed: one continuation per distinct (item, candidate token map) that any
+    # setting keeps or reranks, counted independently from a fresh pool of the same items.
+    pool = pipeline.prefix_and_pool(model, study.items, dataclasses.replace(
+        study.settings[-1].search(), strategy="top-k"))
+    distinct = {(r["item"], pool.codes[r["item"], j].tobytes())
+                for r in rows for j in (r["reranked"] or [r["chosen"]])}
+    assert res.stats["continuations"] == sum(finished) == len(distinct)
+    assert res.stats["scored"] == len(distinct)  # one reward per image, shared by the metric
+    assert res.stats["continuations_separately"] == separate_cost > len(distinct)
+    # rerank 4 extends rerank 2's candidates: it paid only for the ones after them
+    by = {(r["strategy"], r["rerank"], r["item"]): r for r in rows}
+    assert all(by["random-k", 4, i]["reranked"][:2] == by["random-k", 2, i]["reranked"]
+               for i in range(len(study.items)))
+
+
+def test_study_rerank_needs_a_verifier_and_sweeps_it():
+    from vardist.study import Study
+
+    with pytest.raises(InputError, match="rerank needs a verifier") as e:
+        Study("toy-digits", [1], seeds=1, sweep={"strategy": ["top-k"], "rerank": [2]})
+    assert e.value.param == "rerank"
+    with pytest.raises(InputError, match="unknown verifier 'nope'"):
+        Study("toy-digits", [1], seeds=1, sweep={"verifier": ["toy-judge", "nope"]})
+    study = Study("toy-digits", [1], seeds=1, sweep={"strategy": ["none", "top-k"],
+                                                     "verifier": [None, "toy-judge"]})
+    assert [(s.strategy, s.verifier, s.rerank) for s in study.settings] == [
+        ("none", None, 0), ("none", "toy-judge", 0), ("top-k", None, 0),
+        ("top-k", "toy-judge", 0)]
+    # "none" has no shortlist to rerank: with rerank=3 for all, it only scores its image
+    study = Study("toy-digits", [1], seeds=1, sweep={"strategy": ["none", "top-k"]},
+                  verifier="toy-judge", rerank=3, k=3)
+    assert [(s.strategy, s.verifier, s.rerank) for s in study.settings] == [
+        ("none", "toy-judge", 0), ("top-k", "toy-judge", 3)]

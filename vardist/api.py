@@ -23,6 +23,7 @@ from vardist.engine.plan import (STRATEGY_USES, Job, SearchSettings, check_plan_
                                  check_pool_memory, check_schedule_memory, memory_budget,
                                  unused_settings)
 from vardist.engine.results import Recorder, SearchResults
+from vardist.engine.schedule import SearchSchedule, parse_search
 from vardist.io.conditions import (InputError, InputWarning, parse_classes,
                                    prompts_from_strings, read_prompts)
 from vardist.io.outputs import check_writable, folder_lock
@@ -45,6 +46,7 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
            preset: str | None = None, autocast: str | None = None,
            text_device: str | None = None, verifier: str | None = None,
            verifier_weights: str | Path | None = None, rerank: int | None = None,
+           search: str | None = None,
            progress: Callable[[int, int], None] | None = None,
            **engine_options: Any) -> SearchResults:
     """Search `samples` images for every condition and return their records (in item order).
@@ -77,7 +79,9 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
     scores the chosen image (logged as `reward`). rerank: K >= 1 finishes the first K of the
     strategy's shortlist, scores them and keeps the best (ties: density, then index), e.g.
     strategy="random-k", k=8, rerank=8 is best-of-8. verifier_weights: the folder holding the
-    verifier's weights (else $VARDIST_WEIGHTS, then the Hugging Face cache). progress: called
+    verifier's weights (else $VARDIST_WEIGHTS, then the Hugging Face cache). search: a
+    schedule of searched scales, e.g. "beam:8@1,4@3,1@6" or "tts-var" (docs/search.md, "Search
+    across scales"); "density:1@K" is the one-scale search at scale K. progress: called
     with (images done, total) after every batch. On a GPU, a batch the memory plan
     (vardist.models.memory) says cannot fit is refused before loading, naming one that fits.
 
@@ -132,8 +136,8 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
                 schedule: Sequence[int] | None = None, pool_sampling: str | None = None,
                 preset: str | None = None, autocast: str | None = None,
                 text_device: str | None = None, verifier: str | None = None,
-                verifier_weights=None, rerank: int | None = None, **engine_options: Any
-                ) -> tuple[Job, dict[str, Any]]:
+                verifier_weights=None, rerank: int | None = None, search: str | None = None,
+                **engine_options: Any) -> tuple[Job, dict[str, Any]]:
     """Every check of search() without loading a model: returns the Job and the run.json config.
     Engines other than search() (the Ray engine, studies) start from here too."""
     _check_types(locals())  # first: wrong types named by argument, not bare TypeErrors later
@@ -188,6 +192,12 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
                  conflict_thresh=conflict_thresh, k=k, cfg=cfg, top_k=top_k, top_p=top_p,
                  tau=tau)
     given = {key: pre.get(key) if v is None else v for key, v in given.items()}
+    schedule_text, search_schedule = _check_search(search, scale, num_scales, verifier, rerank,
+                                                   dict(log_candidates=log_candidates,
+                                                        bandwidth=bandwidth))
+    if schedule_text is not None:  # the searched scales come from the schedule
+        given["scale"] = search_schedule.steps[0].scale
+        search_schedule = search_schedule if search_schedule.one_scale() is None else None
     scale, n = given["scale"], given["n"]
     if defaults is None:
         if scale is None or n is None:
@@ -264,7 +274,8 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
               weights_identity=(registry.weights_identity(spec, weights)
                                 if spec is not None and out is not None else {}),
               verifier=verifier, rerank=rerank or 0, verifier_identity=verifier_identity,
-              verifier_weights=str(verifier_weights) if verifier_weights else None)
+              verifier_weights=str(verifier_weights) if verifier_weights else None,
+              search=str(search_schedule) if search_schedule is not None else None)
     config = {"model": job.model_name, "settings": asdict(settings), "samples": samples,
               "seed": seed, "batch_size": batch_size, "engine": engine,
               "engine_options": engine_options, "out": job.out, "weights": job.weights,
@@ -273,7 +284,7 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
               "model_options": model_options, "preset": preset, "verifier": verifier,
               "verifier_weights": job.verifier_weights, "rerank": job.rerank,
               "prompts_file": str(prompts) if isinstance(prompts, (str, Path)) else None,
-              "images": len(job.items)}
+              "images": len(job.items), "search": schedule_text}
     return job, config
 
 
@@ -340,6 +351,8 @@ def _check_schedule(schedule, spec, model) -> list[int]:
 def _check_loaded(model: ScaleWiseGenerator, job: Job) -> None:
     """Checks the registry could not do before loading (specs without schedule / class info)."""
     job.settings.check(model.num_scales)
+    if job.search is not None:  # a registry spec may not know the schedule's length
+        parse_search(job.search, model.num_scales)
     if model.condition_kind != job.condition_kind:
         raise InputError(f"model {job.model_name} takes {model.condition_kind} conditions, "
                          f"this run gives {job.condition_kind}s",
@@ -353,10 +366,46 @@ def _check_loaded(model: ScaleWiseGenerator, job: Job) -> None:
 
 _PATHS = ("out", "weights", "verifier_weights")
 _STRINGS = ("device", "engine", "strategy", "bandwidth", "kde_method", "metric", "preset",
-            "pool_sampling", "autocast", "text_device", "verifier")
+            "pool_sampling", "autocast", "text_device", "verifier", "search")
 _INTS = ("samples", "n", "scale", "rep", "k", "top_k", "seed", "batch_size", "rerank")
 _FLOATS = ("alpha", "conflict_thresh", "cfg", "top_p", "tau")
 _BOOLS = ("grid", "log_candidates")
+
+
+def _check_search(search: str | None, scale: int | None, num_scales: int | None,
+                  verifier: str | None, rerank: int | None, one_scale_only: dict[str, Any]
+                  ) -> tuple[str | None, SearchSchedule | None]:
+    """A search-across-scales schedule (engine.schedule), checked before any model loads:
+    (its canonical text, the schedule), or (None, None) without one. A one-scale density
+    schedule ("density:1@K") is today's search at scale K and runs through the one-scale
+    pipeline (same bytes, same run folder fingerprint)."""
+    if search is None:
+        return None, None
+    if scale is not None:
+        raise InputError(f"scale={scale} and search={search!r} both say which scales are "
+                         f"searched: drop scale (the schedule's SCALE values are used)",
+                         param="scale")
+    sched = parse_search(search, num_scales)
+    if sched.one_scale() is not None:
+        return str(sched), sched
+    if rerank is not None:
+        raise InputError("rerank finishes the one-scale search's shortlist; with a search "
+                         "schedule use the rule 'reward' (beam search) instead: drop rerank",
+                         param="rerank")
+    # one_scale_only: settings that read the one-scale pool, never silently dropped
+    if one_scale_only["log_candidates"]:
+        raise InputError("log_candidates logs the one-scale search's pool; a search schedule "
+                         "logs each image's kept candidates (the lineage column) instead: drop "
+                         "log_candidates", param="log_candidates")
+    if one_scale_only["bandwidth"] == "batch":
+        raise InputError("bandwidth='batch' pools a batch's one-scale pools; a search "
+                         "schedule's density rule measures each item's candidates alone: drop "
+                         "bandwidth or use 'item'", param="bandwidth")
+    if sched.needs_verifier and verifier is None:
+        raise InputError(f"search schedule {sched} has a reward rule (reward / beam / resample, "
+                         f"or the tts-var preset): give verifier=NAME (`vardist verifiers` lists "
+                         f"them)", param="verifier")
+    return str(sched), sched
 
 
 def _check_verifier(verifier: str | None, weights: str | Path | None, rerank: int | None,

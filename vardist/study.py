@@ -16,6 +16,12 @@ a choice shared by several settings (every "none", a top-k that keeps its winner
 same map at two candidate indices) is finished once. Cost: one pool per item and pool key, plus
 one continuation per distinct choice, plus selection (cheap) per setting.
 
+Verifier-guided search (`rerank`, `verifier` in the sweep) shares the same cache: a setting
+that reranks K finishes its first K shortlisted candidates, those already finished for another
+setting are reused (rerank 10 after rerank 4 pays for 6 per item), each verifier scores each
+image once, and each setting keeps what search() keeps (`engine.rerank.keep_best`). The summary
+reports `continuations_per_image`, what a setting costs on its own.
+
 Images: a continuation is rebuilt from its token maps (teacher-forced, `model.resume`) in batches
 of distinct choices, so its pixels may differ from a search's by one level where CPU float
 kernels differ between batch shapes (the token maps, hence the choices, are identical).
@@ -51,7 +57,8 @@ from vardist.io import outputs
 from vardist.io.conditions import InputError
 from vardist.models.interface import ScaleWiseGenerator
 
-SWEEP_KEYS = tuple(f.name for f in fields(SearchSettings))
+VERIFY_KEYS = ("verifier", "rerank")  # verifier-guided search (vardist.engine.rerank)
+SWEEP_KEYS = tuple(f.name for f in fields(SearchSettings)) + VERIFY_KEYS
 POOL_KEYS = ("scale", "cfg", "top_k", "top_p", "tau")  # what an item's pool depends on
 # Selection knobs each strategy reads (see _collapse).
 USES, _SELECTION_KEYS = STRATEGY_USES, SELECTION_SETTINGS
@@ -232,12 +239,13 @@ class VerifierMetric:
 BUILTIN_METRICS = {m.name: m for m in (JudgeAccuracy, JudgeIS, JudgeFD, JudgeDiversity)}
 
 
-def _metric(m: str | Metric) -> Metric:
+def _metric(m: str | Metric, verifier_weights: str | Path | None = None,
+            device: str | None = None) -> Metric:
     if isinstance(m, str):
         from vardist.verifiers import specs as verifier_specs
 
         if m in verifier_specs() and m not in BUILTIN_METRICS:
-            m = VerifierMetric(m)
+            m = VerifierMetric(m, verifier_weights, device)
         elif m not in BUILTIN_METRICS:
             raise InputError(f"unknown metric {m!r}; built in: {', '.join(BUILTIN_METRICS)}, "
                              f"and the verifiers {', '.join(verifier_specs())} (or pass a "
@@ -253,6 +261,20 @@ def _metric(m: str | Metric) -> Metric:
 
 
 # --- the study ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StudySetting(SearchSettings):
+    """A search setting plus verifier-guided search: `verifier` scores the kept image (a
+    `reward` column); with `rerank` = K >= 1 it picks the best of the first K shortlisted
+    candidates, as `vardist.search(verifier=, rerank=)` does."""
+
+    verifier: str | None = None
+    rerank: int = 0
+
+    def search(self) -> SearchSettings:
+        """The plain SearchSettings (what the engines' model calls read)."""
+        return SearchSettings(**{f.name: getattr(self, f.name) for f in fields(SearchSettings)})
+
 
 @dataclass
 class StudyResults:
@@ -274,18 +296,29 @@ class Study:
     condition (an int S means 0..S-1); item (condition, s) gets the seed `vardist.search(...,
     seed=seed)` gives sample s of that condition, so seeds=S reproduces search(samples=S).
     sweep: {setting name: list of values} over SearchSettings fields (scale, n, strategy, alpha,
-    rep, conflict_thresh, k, cfg, top_k, top_p, tau, bandwidth, kde_method, metric); every
-    combination is a setting, unset fields take the model's defaults. metrics: names of built-in
-    metrics or Metric objects. engine: "local" or "ray" (engine_options: RayOptions fields).
-    Everything is checked here, before a model loads.
+    rep, conflict_thresh, k, cfg, top_k, top_p, tau, bandwidth, kde_method, metric) and
+    verifier-guided search's `verifier` and `rerank` (0: no rerank); every combination is a
+    setting, unset fields take the model's defaults (verifier= and rerank= given outside the
+    sweep hold for every setting; "none" ignores rerank: its shortlist is candidate 0).
+    verifier_weights: where the verifiers' weights are (as search()'s). metrics: names of
+    built-in metrics or verifiers, or Metric objects. engine: "local" or "ray" (engine_options:
+    RayOptions fields). Everything is checked here, before a model loads.
+
+    Reranking reuses continuations: a candidate is finished once per item and token map, so
+    rerank 10 after rerank 4 over the same shortlist finishes only the 6 new ones, and each
+    verifier scores each finished image once. The summary's `continuations_per_image` is what
+    each setting costs on its own (1 for plain search, up to K with rerank); stats'
+    "continuations" is what the study computed.
     """
 
     def __init__(self, model: str | ScaleWiseGenerator, conditions: Any, seeds: int | Sequence[int],
                  sweep: dict[str, Sequence] | None = None, metrics: Sequence[str | Metric] = (),
                  *, engine: str = "local", seed: int = 0, batch_size: int = 8,
                  finish_batch: int | None = None, weights: str | Path | None = None,
-                 device: str | None = None, **engine_options: Any) -> None:
+                 device: str | None = None, verifier_weights: str | Path | None = None,
+                 **engine_options: Any) -> None:
         sweep = dict(sweep or {})
+        fixed = {k: engine_options.pop(k) for k in VERIFY_KEYS if k in engine_options}
         for key, values in sweep.items():
             if key not in SWEEP_KEYS:
                 raise InputError(f"unknown sweep key {key!r}; sweep over {', '.join(SWEEP_KEYS)}",
@@ -318,25 +351,42 @@ class Study:
         cond_arg = {"prompts" if prompts else "classes": conditions}
 
         # One plan_search per setting: the same defaults, merging and checks as search().
-        self.settings: list[SearchSettings] = []
+        self.settings: list[StudySetting] = []
         self._jobs = []  # one checked Job per setting, for the checks that need the model
         keys = list(sweep)
+        common = dict(cond_arg, samples=1, seed=seed, batch_size=batch_size, weights=weights,
+                      device=device, engine=engine, **engine_options)
         for combo in itertools.product(*(sweep[k] for k in keys)):
-            job, self._config = plan_search(model, **cond_arg, samples=1, seed=seed,
-                                            batch_size=batch_size, weights=weights, device=device,
-                                            engine=engine, **dict(zip(keys, combo)),
-                                            **engine_options)
+            given = {**fixed, **dict(zip(keys, combo))}
+            verify = {k: given.pop(k) for k in VERIFY_KEYS if k in given}
+            job, self._config = plan_search(model, **common, **given)
             s = _collapse(job.settings, sweep)
+            # rerank 0 (or a strategy without a shortlist) is plain search
+            rerank = 0 if s.strategy == "none" else verify.get("rerank") or 0
+            if verify.get("verifier") is not None or rerank:
+                job, self._config = plan_search(
+                    model, **common, **given, verifier=verify.get("verifier"),
+                    verifier_weights=verifier_weights, rerank=rerank or None)
+            s = StudySetting(**asdict(s), verifier=job.verifier, rerank=job.rerank)
             if s not in self.settings:
                 self.settings.append(s)
-                self._jobs.append(replace(job, settings=s))
-        self.metrics = [_metric(m) for m in metrics]
+                self._jobs.append(replace(job, settings=s.search()))
+        self.metrics = [_metric(m, verifier_weights, device if engine == "local" else None)
+                        for m in metrics]
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise InputError(f"metric names must be distinct, got {names}", param="metrics")
         self.model, self.engine, self.seed, self.batch_size = model, engine, seed, batch_size
         self.finish_batch = finish_batch
         self.weights, self.device, self.engine_options = weights, device, engine_options
+        self.verifier_weights = verifier_weights
+        # one scorer per verifier, shared by reranking and the metric of the same name, and
+        # the last run's rewards: verifier -> image key -> reward
+        self._scorers = {m.name: m for m in self.metrics if isinstance(m, VerifierMetric)}
+        self._rewards: dict[str, dict[int, float]] = {}
+        for name in dict.fromkeys(s.verifier for s in self.settings if s.verifier):
+            self._scorers.setdefault(name, VerifierMetric(name, verifier_weights,
+                                                          device if engine == "local" else None))
         self.sweep = sweep
         self.condition_kind = job.condition_kind
         self.prompt_lines = job.prompt_lines
@@ -353,7 +403,8 @@ class Study:
     def run(self, out: str | Path | None = None, *, layouts: bool = False,
             plots: bool = True) -> StudyResults:
         """Run the sweep. out: write study.parquet (rows), summary.parquet, study.json, one
-        PNG per metric (metric vs n, a line per strategy) and the distinct images
+        PNG per metric (metric vs n, a line per strategy; with several rerank values also
+        metric vs continuations per image) and the distinct images
         (out/continuations/); layouts=True also writes each setting's images in search()'s
         layout under out/settings/<setting id>/ (hard links), e.g. for the GenEval harness."""
         out = outputs.check_writable(out) if out is not None else None
@@ -376,15 +427,17 @@ class Study:
             res.paths = self._write(out, res, layouts, plots)
         return res
 
-    # The sweep: pools at the largest n, selection per setting, one continuation per choice.
+    # The sweep: pools at the largest n, selection per setting, one continuation per distinct
+    # (item, pool, token map) a setting keeps or reranks; then rewards, then each rerank's pick.
     def _sweep(self, runner: "_Runner") -> tuple[list[dict], dict[int, np.ndarray], dict]:
-        cache: dict[tuple, int] = {}   # (pool key, item index, chosen map bytes) -> image key
+        cache: dict[tuple, int] = {}   # (pool key, item index, candidate map bytes) -> image key
         images: dict[int, np.ndarray] = {}
         rows: list[dict] = []
         finishing: list[tuple[list[int], Callable[[], np.ndarray]]] = []  # (image keys, result)
         stats = {"settings": len(self.settings), "items": len(self.items), "pools": 0,
-                 "candidates_drawn": 0, "continuations": 0, "selections": 0,
-                 "pool_seconds": 0.0, "select_seconds": 0.0, "finish_seconds": 0.0}
+                 "candidates_drawn": 0, "continuations": 0, "selections": 0, "scored": 0,
+                 "pool_seconds": 0.0, "select_seconds": 0.0, "finish_seconds": 0.0,
+                 "score_seconds": 0.0}
         batches = canonical_batches(self.items, self.batch_size)
         tasks = [(key, group, batch) for key, group in self.pool_groups().items()
                  for batch in batches]
@@ -399,14 +452,23 @@ class Study:
             t0 = time.perf_counter()
             for s in group:
                 codes = pool.codes[:, :s.pool_size]
-                choices = pipeline.select_batch(codes, pool.embed, seeds, s)
+                choices = pipeline.select_batch(codes, pool.embed, seeds, s.search(),
+                                                keep_density=s.rerank > 0)  # rerank's ties
                 stats["selections"] += len(batch)
                 for b, (it, ch) in enumerate(zip(batch, choices)):
-                    ck = (key, it.index, codes[b, ch.index].tobytes())
-                    if ck not in cache:
-                        cache[ck] = len(cache)
-                        todo[ck] = (b, ch.index)
-                    rows.append(_row(s, it, ch, cache[ck]))
+                    # rerank: the first K of the shortlist, as engine.rerank finishes them
+                    cands = ch.shortlist[:s.rerank] if s.rerank else [ch.index]
+                    keys = []
+                    for j in cands:
+                        ck = (key, it.index, codes[b, j].tobytes())
+                        if ck not in cache:
+                            cache[ck] = len(cache)
+                            todo[ck] = (b, j)
+                        keys.append(cache[ck])
+                    row = _row(s, it, ch, keys[0])
+                    if s.rerank:
+                        row["_rerank"] = (ch, keys)  # decided once the rewards are in
+                    rows.append(row)
             stats["select_seconds"] += time.perf_counter() - t0
             # Finish the new distinct choices in chunks of finish_batch (the same item may
             # appear with several choices: each row is its own continuation).
@@ -416,13 +478,50 @@ class Study:
                 rows_b = np.array([b for _, (b, _) in part])
                 t0 = time.perf_counter()
                 finishing.append(([cache[ck] for ck, _ in part], runner.finish(
-                    [batch[b] for b in rows_b], group[0], [m[rows_b] for m in pool.prefix],
+                    [batch[b] for b in rows_b], group[0].search(),
+                    [m[rows_b] for m in pool.prefix],
                     pool.codes[rows_b, [j for _, (_, j) in part]])))
                 stats["finish_seconds"] += time.perf_counter() - t0
                 stats["continuations"] += len(part)
         for image_keys, result in finishing:
             images.update(zip(image_keys, result()))
+        self._verify(rows, images, stats)
+        stats["continuations_separately"] = sum(r["continuations"] for r in rows)
         return rows, images, stats
+
+    def _verify(self, rows: list[dict], images: dict[int, np.ndarray], stats: dict) -> None:
+        """Each verifier scores each image it is asked about once; rerank rows keep their
+        best candidate (engine.rerank.keep_best: search()'s rule), every row with a verifier
+        gets the kept image's reward."""
+        from vardist.engine.rerank import keep_best
+
+        conds = {it.index: it.condition for it in self.items}
+        wanted: dict[str, dict[int, Any]] = {}   # verifier -> image key -> condition
+        for r in rows:
+            v = r["_settings"].verifier
+            if v:
+                keys = r["_rerank"][1] if "_rerank" in r else [r["image_key"]]
+                wanted.setdefault(v, {}).update((k, conds[r["item"]]) for k in keys)
+        self._rewards = {}
+        t0 = time.perf_counter()
+        for v, todo in wanted.items():
+            keys = list(todo)
+            vals = self._scorers[v].compute(np.stack([images[k] for k in keys]),
+                                            [todo[k] for k in keys])
+            self._rewards[v] = dict(zip(keys, np.asarray(vals, np.float64).tolist()))
+            stats["scored"] += len(keys)
+        stats["score_seconds"] += time.perf_counter() - t0
+        for r in rows:
+            v = r["_settings"].verifier
+            if "_rerank" in r:
+                ch, keys = r.pop("_rerank")
+                kept = keep_best(ch, ch.shortlist[:len(keys)], [self._rewards[v][k] for k in keys])
+                r.update(chosen=kept.index, density_chosen=kept.density_chosen,
+                         image_key=keys[kept.reranked.index(kept.index)], reward=kept.reward,
+                         reranked=kept.reranked, rerank_rewards=kept.rewards,
+                         continuations=kept.continuations)
+            elif v:
+                r["reward"] = self._rewards[v][r["image_key"]]
 
     def _tables(self, rows: list[dict], images: dict[int, np.ndarray]) -> tuple[pa.Table, pa.Table]:
         ids = {s: f"s{i:03d}" for i, s in enumerate(self.settings)}
@@ -431,18 +530,23 @@ class Study:
         rows.sort(key=lambda r: (order[r["_settings"]], r["item"]))  # setting-major, item order
         for r in rows:
             r["setting"] = ids[r.pop("_settings")]
-        # Per-image metrics once per distinct image; set metrics per setting.
-        keys = sorted(images)
+        # Per-image metrics once per distinct kept image (a verifier's rewards reused); set
+        # metrics per setting.
+        owner = {}
+        for r in rows:
+            owner.setdefault(r["image_key"], conds[r["item"]])
+        rewards = self._rewards
         per_image = {}
-        if keys:
-            stack = np.stack([images[k] for k in keys])
-            owner = {}
-            for r in rows:
-                owner.setdefault(r["image_key"], conds[r["item"]])
-            for m in self.metrics:
-                if m.per_image:
-                    vals = np.asarray(m.compute(stack, [owner[k] for k in keys]), np.float64)
-                    per_image[m.name] = dict(zip(keys, vals))
+        for m in self.metrics:
+            if not m.per_image:
+                continue
+            known = rewards.get(m.name, {}) if isinstance(m, VerifierMetric) else {}
+            keys = sorted(k for k in owner if k not in known)
+            vals = dict(known)
+            if keys:
+                vals.update(zip(keys, np.asarray(m.compute(
+                    np.stack([images[k] for k in keys]), [owner[k] for k in keys]), np.float64)))
+            per_image[m.name] = vals
         for r in rows:
             for name, vals in per_image.items():
                 r[name] = float(vals[r["image_key"]])
@@ -452,6 +556,10 @@ class Study:
             mine = [r for r in rows if r["setting"] == ids[s]]
             row = {"setting": ids[s], **asdict(s), "items": len(mine),
                    "distinct_images": len({r["image_key"] for r in mine}),
+                   # what this setting costs alone: 1 per image, up to K with rerank
+                   "continuations_per_image": float(np.mean([r["continuations"] for r in mine])),
+                   "reward_mean": float(np.mean([r["reward"] for r in mine]))
+                   if s.verifier else float("nan"),
                    "density_chosen_mean": float(np.nanmean([r["density_chosen"] for r in mine]))
                    if s.strategy != "none" else float("nan")}
             for m in self.metrics:
@@ -496,9 +604,15 @@ class Study:
         if plots:
             for m in self.metrics:
                 paths[f"plot_{m.name}"] = plot(res.summary, m.name, out / f"{m.name}_vs_n.png")
+                if len({s.rerank for s in self.settings}) > 1:  # quality against compute
+                    paths[f"plot_{m.name}_compute"] = plot(
+                        res.summary, m.name, out / f"{m.name}_vs_continuations.png",
+                        x="continuations_per_image")
         config = {"model": self.model if isinstance(self.model, str) else type(self.model).__name__,
                   "sweep": self.sweep, "seed": self.seed, "batch_size": self.batch_size,
                   "engine": self.engine, "metrics": [m.name for m in self.metrics],
+                  "verifier_weights": str(self.verifier_weights) if self.verifier_weights
+                  else None,
                   "condition_kind": self.condition_kind,
                   "conditions": sorted({str(it.condition) for it in self.items}),
                   "samples": sorted({it.sample_index for it in self.items}), "stats": res.stats}
@@ -513,10 +627,10 @@ def _collapse(s: SearchSettings, sweep: dict) -> SearchSettings:
                          if k in sweep and k not in USES[s.strategy]})
 
 
-def _draw_settings(group: Sequence[SearchSettings]) -> SearchSettings:
+def _draw_settings(group: Sequence[StudySetting]) -> SearchSettings:
     """Settings that draw the group's largest pool (any non-"none" strategy draws n)."""
     n = max(s.pool_size for s in group)
-    return replace(group[0], n=n, strategy="none" if n == 1 else "top-k")
+    return replace(group[0].search(), n=n, strategy="none" if n == 1 else "top-k")
 
 
 def _row(s: SearchSettings, it: WorkItem, ch: pipeline.Choice, image_key: int) -> dict:
@@ -525,12 +639,17 @@ def _row(s: SearchSettings, it: WorkItem, ch: pipeline.Choice, image_key: int) -
             "sample_index": it.sample_index, "seed": it.seed, "chosen": ch.index,
             "branch": ch.branch, "shortlist": len(ch.shortlist), "density_max": ch.density_max,
             "density_mean": ch.density_mean, "density_chosen": ch.density_chosen,
-            "image_key": image_key}
+            "image_key": image_key, "reward": None, "reranked": [], "rerank_rewards": [],
+            "continuations": 1}
 
 
-def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path) -> Path:
+def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path,
+         x: str = "n") -> Path:
     """metric vs n (log axis), one line per strategy (and per value of any other swept knob the
-    strategy uses); several metrics give one panel each."""
+    strategy uses); several metrics give one panel each. x="continuations_per_image" plots
+    quality against compute instead (a rerank sweep: one line per strategy and n)."""
+    if x not in ("n", "continuations_per_image"):
+        raise ValueError(f"plot x must be 'n' or 'continuations_per_image', got {x!r}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -538,8 +657,8 @@ def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path) -> P
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     rows = summary.to_pylist()
-    varying = [k for k in SWEEP_KEYS if k not in ("n", "strategy")
-               and len({r[k] for r in rows}) > 1]
+    along = ("n", "strategy") if x == "n" else ("rerank", "strategy")  # the x axis, the lines
+    varying = [k for k in SWEEP_KEYS if k not in along and len({r[k] for r in rows}) > 1]
     cols = min(len(metrics), 2)
     nrows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
@@ -548,12 +667,12 @@ def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path) -> P
         for r in rows:
             shown = [k for k in varying if k not in _SELECTION_KEYS or k in USES[r["strategy"]]]
             label = ", ".join([r["strategy"]] + [f"{k}={r[k]}" for k in shown])
-            lines.setdefault(label, []).append((r["n"], r[metric]))
+            lines.setdefault(label, []).append((r[x], r[metric]))
         for label, pts in lines.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log")
-        ax.set_xlabel("n (candidates per item)")
+        ax.set_xlabel("n (candidates per item)" if x == "n" else "continuations per image")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -24,9 +24,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
-from vardist.engine import pipeline, rerank
+from vardist.engine import multiscale, pipeline, rerank
 from vardist.engine.plan import Job
 from vardist.engine.results import Recorder, SearchResults
+from vardist.engine.schedule import parse_search
 
 Progress = Callable[[int, int], None]  # (images done, total)
 
@@ -44,7 +45,28 @@ def run(job: Job, model: Any, recorder: Recorder, progress: Progress | None = No
             recorder.pin_numerics(pipeline.replica_numerics(model))
         # the verifier beside the model, loaded only when there are images to make
         verify = rerank.for_job(job, model) if todo_batches else None
+        if job.search is not None:  # search across scales: one batch after the other
+            return _run_schedule(job, model, recorder, progress, todo_batches, results, embed,
+                                 verify)
         return _run(job, model, recorder, progress, todo_batches, results, embed, verify)
+
+
+def _run_schedule(job: Job, model: Any, recorder: Recorder, progress: Progress | None,
+                  todo_batches: Sequence, results: dict, embed: pipeline.Embed,
+                  verify: rerank.Verify | None) -> SearchResults:
+    """The batches of a search across scales (engine.multiscale), each searched and written
+    in turn (its members' states stay on the device between scales)."""
+    schedule = parse_search(job.search, model.num_scales)
+    for bi, batch in todo_batches:
+        t0 = time.perf_counter()
+        images, maps, choices = multiscale.search_batch(model, batch, job.settings, schedule,
+                                                        verify, embed)
+        for r in recorder.record(bi, batch, choices, images, maps, time.perf_counter() - t0, 0.0):
+            results[r.item.index] = r
+        if progress:
+            progress(len(results), len(job.items))
+    recorder.close()
+    return SearchResults(results[i] for i in sorted(results))
 
 
 def _run(job: Job, model: Any, recorder: Recorder, progress: Progress | None,

@@ -63,6 +63,10 @@ class Choice:
     reranked: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     continuations: int = 1
+    # search across scales (engine.multiscale): the kept candidate at each searched scale and
+    # what the item cost (forward_tokens, previews, verifier_calls); None for one-scale search
+    lineage: list[int] | None = None
+    compute: dict[str, int] | None = None
 
 
 # torch intra-op threads of every model replica, in every engine: the bytes of a CPU replica

@@ -337,6 +337,8 @@ class Job:
     verifier_weights: str | None = None
     rerank: int = 0
     verifier_identity: dict[str, str] = field(default_factory=dict)
+    # search across scales (engine.schedule): the canonical schedule; None for one-scale search
+    search: str | None = None
 
     def __post_init__(self) -> None:
         # made on demand: a plan of millions of images is checked and held without building it
@@ -362,4 +364,5 @@ class Job:
                 # only when set: folders of runs without a verifier resume as before
                 **({"verifier": self.verifier, "rerank": self.rerank, **self.verifier_identity}
                    if self.verifier else {}),
+                **({"search": self.search} if self.search else {}),
                 "conditions": [[ci, c] for ci, c in self.conditions]}

@@ -8,6 +8,9 @@ finish images; a selection stage picks the candidates; the driver plans, dispatc
                       --finish(batch, maps)> teacher-forced re-entry (model.resume), the
     write PNG bytes   <--PNG bytes---------  remaining scales, decode, PNG encoding
 
+A search across scales (`job.search`, engine.multiscale) is one `search(batch)` call per batch
+instead: its population's states stay in the actor from the first scale to the images.
+
 Why this shape: the prefix is under 1% of an image, so a continuation rebuilds its state from
 the token maps instead of pinning a KV cache to the actor that drew the pool. Calls are then
 pure functions of (batch, maps): any actor can run them, a call lost with its actor is simply
@@ -260,10 +263,7 @@ class Generator:
         """The batch's images: encoded as PNGs (encode), else uint8 arrays with their maps.
         With a verifier, `choices` come along and go back with their rewards; with rerank,
         `chosen` is the whole pool and only the kept images come back."""
-        import asyncio
-
         from vardist.engine import pipeline
-        from vardist.io import outputs
 
         t0 = time.perf_counter()
         prefix_np, codes = [p.unpack() for p in prefix], chosen.unpack()
@@ -273,12 +273,38 @@ class Generator:
         else:
             images, maps, choices = await self._on(self._device, self._verified, items,
                                                    settings, prefix_np, codes, choices)
+        return await self._message(images, maps, encode, t0, choices)
+
+    async def _message(self, images: np.ndarray, maps: list, encode: bool, t0: float,
+                       choices: list | None) -> FinishMsg:
+        import asyncio
+
+        from vardist.io import outputs
+
         if encode:  # the device thread is free for the next call meanwhile
             pngs = await asyncio.gather(*(self._on(self._cpu, outputs.png_bytes, im)
                                           for im in images))
             return FinishMsg(list(pngs), None, [], time.perf_counter() - t0, choices)
         return FinishMsg(None, images, [Packed.pack(m) for m in maps], time.perf_counter() - t0,
                          choices)
+
+    def _search(self, items: list, settings: Any, search: str) -> tuple:
+        from vardist.engine import multiscale, pipeline
+        from vardist.engine.schedule import parse_search
+
+        return multiscale.search_batch(self.model, items, settings,
+                                       parse_search(search, self.model.num_scales), self.verify,
+                                       pipeline.embedder(self.model))
+
+    async def search(self, items: list, settings: Any, search: str, encode: bool) -> FinishMsg:
+        """A batch of a search across scales (engine.multiscale), whole on this actor: its
+        members' states stay here between scales; the final images (or PNGs), token maps and
+        choices leave. A batch lost with its actor is searched again from its items (every
+        draw is keyed by seeds, so the bytes are the same)."""
+        t0 = time.perf_counter()
+        images, maps, choices = await self._on(self._device, self._search, items, settings,
+                                               search)
+        return await self._message(images, maps, encode, t0, choices)
 
     def _verified(self, items: list, settings: Any, prefix: list[np.ndarray], codes: np.ndarray,
                   choices: list) -> tuple[np.ndarray, list[np.ndarray], list]:
@@ -335,7 +361,7 @@ def select_pool(msg: PoolMsg, seeds: list[int], settings: Any, keep_density: boo
 
 @dataclass
 class _Task:
-    kind: str                 # "pool", "select" or "finish"
+    kind: str                 # "pool", "select", "finish", or "search" (across scales)
     bi: int                   # canonical batch index
     batch: list               # its work items
     selected: Selected | None = None
@@ -655,7 +681,8 @@ def run(job: Any, model: Any = None, recorder: Any = None, progress: Any = None,
     on_tasks = opts.select_on == "tasks" or (opts.select_on == "auto" and bundle.get("GPU"))
     stage = _Stage(ray, job, pool, opts.depth, on_tasks, recorder, results, progress, total)
     try:
-        stage.drive(_Task("pool", bi, batch) for bi, batch in todo_batches)  # made as needed
+        kind = "search" if job.search else "pool"  # search across scales: one call a batch
+        stage.drive(_Task(kind, bi, batch) for bi, batch in todo_batches)  # made as needed
         recorder.close()
     finally:
         pool.close()
@@ -726,7 +753,7 @@ class _Stage:
                 task = finishing.popleft() if finishing else waiting.popleft()
                 if not waiting:
                     waiting.extend(itertools.islice(fresh, 1))
-                open_batches += task.kind == "pool"
+                open_batches += task.kind in ("pool", "search")
                 ref, slot, h = self._submit(task)
                 inflight[ref] = task, slot, h
             first, rest = ray.wait(list(inflight), num_returns=1)
@@ -745,7 +772,8 @@ class _Stage:
                     if task.kind == "finish":
                         finishing.appendleft(task)
                     else:
-                        waiting.appendleft(_Task("pool", task.bi, task.batch))
+                        waiting.appendleft(_Task("search" if task.kind == "search" else "pool",
+                                                 task.bi, task.batch))
                         open_batches -= 1
                     continue
                 if task.kind == "pool" and self.select_task:  # select next to the object
@@ -770,6 +798,9 @@ class _Stage:
         self.load[slot] += 1
         if task.kind == "pool":
             return h.pool.remote(task.batch, self.job.settings), slot, h
+        if task.kind == "search":
+            return h.search.remote(task.batch, self.job.settings, self.job.search,
+                                   self.job.out is not None), slot, h
         sel = task.selected
         return h.finish.remote(task.batch, self.job.settings, sel.prefix, sel.chosen,
                                self.job.out is not None,
@@ -784,11 +815,12 @@ class _Stage:
         return [it.seed for it in task.batch]
 
     def _record(self, task: _Task, msg: FinishMsg) -> None:
-        sel = task.selected
+        sel = task.selected  # None for a search across scales: its choices come with msg
         choices = msg.choices if msg.choices is not None else sel.choices
         for r in self.recorder.record(task.bi, task.batch, choices, msg.images,
-                                      [m.unpack() for m in msg.maps], sel.pool_seconds,
-                                      msg.seconds, pngs=msg.pngs):
+                                      [m.unpack() for m in msg.maps],
+                                      sel.pool_seconds if sel else 0.0, msg.seconds,
+                                      pngs=msg.pngs):
             self.results[r.item.index] = r
         if self.progress:
             self.progress(len(self.results), self.total)

@@ -89,16 +89,25 @@ def finish_batch(model: ScaleWiseGenerator, items: Sequence[WorkItem], settings:
     keep, out = [], []
     for b, c in enumerate(choices):
         rows = np.flatnonzero(owner == b)
-        if c.density is None:
-            raise ValueError("rerank needs each choice's densities (select_batch(..., "
-                             "keep_density=True)) to break ties among equal rewards")
-        best = max(rows, key=lambda r: (rewards[r], c.density[cand[r]], -cand[r]))
-        keep.append(best)
-        j = int(cand[best])
-        out.append(replace(c, index=j, density_chosen=float(c.density[j]),
-                           reward=float(rewards[best]), reranked=[int(v) for v in cand[rows]],
-                           rewards=[float(v) for v in rewards[rows]], continuations=len(rows)))
+        kept = keep_best(c, cand[rows], rewards[rows])
+        keep.append(rows[kept.reranked.index(kept.index)])
+        out.append(kept)
     return images_all[keep], [m[keep] for m in maps_all], out
+
+
+def keep_best(choice: Choice, candidates: Sequence[int], rewards: Sequence[float]) -> Choice:
+    """The choice after reranking: of the finished `candidates` with their `rewards`, the one
+    with the highest reward; ties go to the higher density, then the lower candidate index.
+    (vardist.Study decides with this too, so its rows are what search() keeps.)"""
+    if choice.density is None:
+        raise ValueError("rerank needs each choice's densities (select_batch(..., "
+                         "keep_density=True)) to break ties among equal rewards")
+    cand = [int(j) for j in candidates]
+    rew = [float(r) for r in rewards]
+    best = max(range(len(cand)), key=lambda r: (rew[r], choice.density[cand[r]], -cand[r]))
+    j = cand[best]
+    return replace(choice, index=j, density_chosen=float(choice.density[j]), reward=rew[best],
+                   reranked=cand, rewards=rew, continuations=len(cand))
 
 
 def _continue_rows(model: ScaleWiseGenerator, items: Sequence[WorkItem], settings: SearchSettings,

@@ -42,6 +42,10 @@ class Result:
     # with a verifier: the kept image's reward; continuations: images finished for this one
     reward: float | None = None
     continuations: int = 1
+    # search across scales: the kept candidate at each searched scale, and the image's compute
+    # (forward_tokens, previews, verifier_calls); None for one-scale search
+    lineage: list[int] | None = None
+    compute: dict[str, int] | None = None
 
 
 class SearchResults(list):
@@ -138,7 +142,8 @@ class Recorder:
             if (it.condition_index, it.sample_index) in self.finished:
                 continue
             res = Result(it, ch.index, ch.branch, ch.density_max, ch.density_mean,
-                         ch.density_chosen, reward=ch.reward, continuations=ch.continuations)
+                         ch.density_chosen, reward=ch.reward, continuations=ch.continuations,
+                         lineage=ch.lineage, compute=ch.compute)
             t0 = time.perf_counter()
             if self.out:
                 rel = outputs.image_relpath(job.condition_kind, it.condition_index,
@@ -168,7 +173,7 @@ class Recorder:
                              "density_max": ch.density_max, "density_mean": ch.density_mean,
                              "density_chosen": ch.density_chosen,
                              **{f"t_{key}": v for key, v in res.seconds.items()},
-                             **_verifier_columns(job, ch),
+                             **_verifier_columns(job, ch), **_search_columns(job, ch),
                              "run_id": self.log.run_id, "run_seed": job.seed,
                              "timestamp": datetime.now(timezone.utc),
                              "hostname": self.hostname,
@@ -286,6 +291,13 @@ def _verifier_columns(job: Job, ch: Choice) -> dict[str, Any]:
     return {"verifier": job.verifier, "rerank": job.rerank, "reward": ch.reward,
             "reranked": ch.reranked, "rerank_rewards": ch.rewards,
             "continuations": ch.continuations}
+
+
+def _search_columns(job: Job, ch: Choice) -> dict[str, Any]:
+    """The run log's search-across-scales columns of one image (runlog.ROW_SCHEMA)."""
+    if job.search is None:
+        return {}
+    return {"search": job.search, "lineage": ch.lineage, **(ch.compute or {})}
 
 
 def _tag(raw_line: str) -> str | None:

@@ -57,6 +57,11 @@ ROW_SCHEMA = pa.schema([
     ("verifier", pa.string()), ("rerank", pa.int64()), ("reward", pa.float64()),
     ("reranked", pa.list_(pa.int64())), ("rerank_rewards", pa.list_(pa.float64())),
     ("continuations", pa.int64()),
+    # search across scales (engine.multiscale; null for one-scale search): the schedule, the
+    # kept candidate at each searched scale, and the item's compute: token positions through
+    # the transformer, intermediate images decoded, images the verifier scored
+    ("search", pa.string()), ("lineage", pa.list_(pa.int64())), ("forward_tokens", pa.int64()),
+    ("previews", pa.int64()), ("verifier_calls", pa.int64()),
     # which run wrote the row, when and where; GenEval's category of the prompt (its "tag")
     ("run_id", pa.string()), ("run_seed", pa.int64()),
     ("timestamp", pa.timestamp("us", tz="UTC")), ("hostname", pa.string()), ("tag", pa.string()),

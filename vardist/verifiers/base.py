@@ -81,7 +81,7 @@ def register(spec: VerifierSpec) -> VerifierSpec:
 
 
 def specs() -> dict[str, VerifierSpec]:
-    from vardist.verifiers import clip, toy  # noqa: F401  (registers the built-in verifiers)
+    from vardist.verifiers import clip, hps, image_reward, toy  # noqa: F401 (built-ins)
 
     return dict(sorted(_REGISTRY.items()))
 

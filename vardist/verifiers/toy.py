@@ -31,7 +31,8 @@ class ToyJudge(BatchedVerifier):
         if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > 9:
             raise ValueError(f"verifier 'toy-judge' scores digits: conditions must be class "
                              f"labels 0-9, got {conditions[:5]!r}")
-        probs, _ = self.judge.predict(torch.tensor(images, device=self.device))  # a copy: PNGs read-only
+        # torch.tensor copies: images read from PNGs may be read-only arrays
+        probs, _ = self.judge.predict(torch.tensor(images, device=self.device))
         return probs[torch.arange(len(labels)), torch.from_numpy(labels)].double().cpu().numpy()
 
 

@@ -38,7 +38,7 @@ SCHEDULE: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8))
 # to clean flat colours in a few hundred steps.
 VAE_CONFIG = BSQVAEConfig(base_ch=24, ch_mult=(1, 2, 2), num_res_blocks=1, codebook_dim=16)
 # text_channels 128: the text pool's heads are text_channels // 128 (at least one head).
-INFINITY_CONFIG = InfinityConfig(depth=3, embed_dim=96, num_heads=3, mlp_ratio=4.0, text_channels=128,
+INFINITY_CONFIG = InfinityConfig(depth=4, embed_dim=128, num_heads=4, mlp_ratio=4.0, text_channels=128,
                                  text_maxlen=16, block_chunks=1, d_vae=16, num_levels=len(SCHEDULE))
 
 

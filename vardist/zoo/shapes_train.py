@@ -38,9 +38,10 @@ class ShapesTrainConfig:
     vae_batch: int = 16
     vae_lr: float = 2e-3
     commit: float = 0.25            # weight of the encoder's pull towards its quantised sum
-    max_flip: float = 0.15          # the decoder trains on codes with up to this share of bits flipped
-    scenes: int = 12000             # scenes tokenised once for the transformer
-    var_steps: int = 1600
+    max_flip: float = 0.1           # the decoder trains on codes with up to this share of bits flipped
+    bit_temp: float = 0.05          # ... and with bits drawn from sigmoid(residual / bit_temp)
+    scenes: int = 20000             # scenes tokenised once for the transformer
+    var_steps: int = 2400
     var_batch: int = 16
     var_lr: float = 3e-3
     var_wd: float = 0.05
@@ -78,12 +79,19 @@ def train_vae(cfg: ShapesTrainConfig, log: Log) -> BSQVAE:
         x = to_model_input(np.stack([next(stream)[2] for _ in range(cfg.vae_batch)]))
         set_lr(opt, lr_at(i, cfg.vae_steps, cfg.vae_lr))
         h = vae.encoder(x)
-        bits, z = multiscale_bsq(h.detach(), SCHEDULE)
-        # The decoder sees the sum of codes with a few bits flipped (each image its own rate, up
-        # to max_flip): the transformer gets ~1 in 8 of the fine bits wrong, and a decoder never
-        # shown a wrong bit turns each into a visible artefact. Gradient straight through to h.
+        residuals: list[torch.Tensor] = []
+        _, z = multiscale_bsq(h.detach(), SCHEDULE, residuals)
+        # The decoder sees bits drawn, not thresholded: bit = 1 with probability
+        # sigmoid(r / bit_temp), so a residual component near zero (the sign of noise, which no
+        # transformer can predict) gives a coin flip, and on top each image has up to max_flip of
+        # its bits flipped (the transformer's mistakes). A decoder trained on exact signs turns
+        # both into blobs and colour smears. Gradient straight through to h.
         rate = torch.rand(len(x), 1, 1, 1, generator=gen) * cfg.max_flip
-        noisy = [b ^ (torch.rand(b.shape, generator=gen) < rate).to(torch.uint8) for b in bits]
+        noisy = []
+        for r in residuals:
+            p1 = torch.sigmoid(r.permute(0, 2, 3, 1) / cfg.bit_temp)
+            b = torch.rand(p1.shape, generator=gen) < p1
+            noisy.append((b ^ (torch.rand(b.shape, generator=gen) < rate)).to(torch.uint8))
         z_st = h + (vae.codes_from_bits(noisy) - h).detach()
         rec = vae.decoder(z_st)
         rec_loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)

@@ -190,12 +190,13 @@ def next_scale_input(summed: torch.Tensor, codes_hw: torch.Tensor,
     return summed, nxt.flatten(2).transpose(1, 2)
 
 
-def multiscale_bsq(h: torch.Tensor, schedule: Sequence[tuple[int, int]]
-                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def multiscale_bsq(h: torch.Tensor, schedule: Sequence[tuple[int, int]],
+                   residuals: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Multi-scale residual BSQ of encoder features h [B, d, H, W] (the last map of `schedule` is
     H x W): (bits per scale [B, h, w, d] uint8, the quantised sum z [B, d, H, W]).
     `encode_bits` runs it on the encoder's output; training (vardist.zoo) runs it on detached
-    features and passes gradients straight through itself."""
+    features and passes gradients straight through itself. `residuals`, when given, receives the
+    normalised residual [B, d, h, w] each scale quantised (whose signs are the bits)."""
     H, W = h.shape[-2:]
     s = h.shape[1] ** -0.5
     residual, z = h, torch.zeros_like(h)
@@ -206,6 +207,8 @@ def multiscale_bsq(h: torch.Tensor, schedule: Sequence[tuple[int, int]]
         q = torch.where(r > 0, s, -s)
         q = r + (q - r)  # the reference's straight-through form (may differ from +-s by an ulp)
         bits.append((r > 0).permute(0, 2, 3, 1).to(torch.uint8))
+        if residuals is not None:
+            residuals.append(r)
         up = _resize(q, (H, W), "trilinear")
         residual, z = residual - up, z + up
     return bits, z
