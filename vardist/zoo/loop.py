@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -29,6 +29,16 @@ def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr
+
+
+def shuffled_batches(n: int, batch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches of `batch` rows, epoch after epoch, each epoch a fresh permutation of n rows
+    drawn from `gen` when the previous one runs out; each epoch's last split is dropped, so
+    every batch is full."""
+    if n <= batch:
+        raise ValueError(f"{n} training rows do not make one full batch of {batch}")
+    while True:
+        yield from torch.randperm(n, generator=gen).split(batch)[:-1]
 
 
 def run_steps(name: str, steps: int, step_fn: Callable[[int], dict[str, float]], log: Log,

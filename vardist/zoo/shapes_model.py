@@ -25,10 +25,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from vardist.models.checkpoint import load_exact, read_json_config, read_state_dict
+from vardist.models.checkpoint import load_exact, read_state_dict
 from vardist.models.infinity.bsq_vae import BSQVAE, BSQVAEConfig, load_vae
 from vardist.models.infinity.generator import InfinityGenerator
 from vardist.models.infinity.transformer import Infinity, InfinityConfig, load_infinity
+from vardist.zoo.specs import config_from_json, read_trained_config
 from vardist.zoo.shapes_specs import CONFIG_FILE, TEXT_FILE, TRANSFORMER_FILE, VAE_FILE, WEIGHTS_DIR
 
 
@@ -142,17 +143,11 @@ def write_config(folder: str | Path, vocab: Sequence[str], train: dict) -> None:
 def read_configs(folder: str | Path = WEIGHTS_DIR
                  ) -> tuple[InfinityConfig, BSQVAEConfig, WordEncoderConfig, tuple[tuple[int, int], ...]]:
     """(InfinityConfig, BSQVAEConfig, WordEncoderConfig, schedule) stored in `folder`."""
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: train toy-shapes with "
-                                f"`vardist train toy-shapes --out {folder}` first")
-    meta = read_json_config(path)
-
-    def tuples(d: dict) -> dict:  # JSON has lists where the configs hold tuples
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-    return (InfinityConfig(**tuples(meta["infinity"])), BSQVAEConfig(**tuples(meta["vae"])),
-            WordEncoderConfig(**tuples(meta["text"])), tuple(tuple(s) for s in meta["schedule"]))
+    meta = read_trained_config(folder, CONFIG_FILE, "toy-shapes", "vardist train toy-shapes")
+    return (config_from_json(InfinityConfig, meta["infinity"]),
+            config_from_json(BSQVAEConfig, meta["vae"]),
+            config_from_json(WordEncoderConfig, meta["text"]),
+            tuple(tuple(s) for s in meta["schedule"]))
 
 
 def load_vae_from(folder: str | Path = WEIGHTS_DIR) -> BSQVAE:

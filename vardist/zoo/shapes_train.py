@@ -26,7 +26,7 @@ from torch import nn
 
 from vardist.models.infinity.bsq_vae import BSQVAE, bits_to_codes, multiscale_bsq, next_scale_input
 from vardist.models.infinity.transformer import Infinity, block_causal_mask, rope_table
-from vardist.zoo.loop import Log, TrainLog, lr_at, run_steps, set_lr
+from vardist.zoo.loop import Log, TrainLog, lr_at, run_steps, set_lr, shuffled_batches
 from vardist.zoo.shapes_model import (INFINITY_CONFIG, SCHEDULE, TEXT_FILE, TRANSFORMER_FILE, VAE_CONFIG,
                                       VAE_FILE, WordEncoder, WordEncoderConfig, load_vae_from, write_config)
 
@@ -184,15 +184,7 @@ def train_transformer(cfg: ShapesTrainConfig, vae: BSQVAE, log: Log) -> tuple[In
     attn_mask = block_causal_mask(levels, levels)
     rope = rope_table(SCHEDULE, SCHEDULE[-1], INFINITY_CONFIG.head_dim)
     gen = torch.Generator().manual_seed(cfg.seed + 3)
-    order: Iterator[torch.Tensor] = iter(())
-
-    def next_idx() -> torch.Tensor:
-        nonlocal order
-        try:
-            return next(order)
-        except StopIteration:
-            order = iter(torch.randperm(len(ids), generator=gen).split(cfg.var_batch)[:-1])
-            return next(order)
+    next_idx = shuffled_batches(len(ids), cfg.var_batch, gen).__next__
 
     def step(i: int) -> dict[str, float]:
         idx = next_idx()

@@ -22,20 +22,27 @@ JUDGE_FILE = "judge.safetensors"
 
 def read_configs(folder: str | Path = WEIGHTS_DIR):
     """(VQVAEConfig, VARConfig) stored in `folder`/toy-digits.json."""
-    from vardist.models.checkpoint import read_json_config
     from vardist.models.var.transformer import VARConfig
     from vardist.models.var.vqvae import VQVAEConfig
 
-    path = Path(folder) / CONFIG_FILE
+    meta = read_trained_config(folder, CONFIG_FILE, "the zoo", "python -m vardist.zoo.train")
+    return config_from_json(VQVAEConfig, meta["vqvae"]), config_from_json(VARConfig, meta["var"])
+
+
+def read_trained_config(folder: str | Path, config_file: str, what: str, command: str) -> dict:
+    """The JSON a zoo trainer wrote beside its weights; a missing file says how to make it."""
+    from vardist.models.checkpoint import read_json_config
+
+    path = Path(folder) / config_file
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: train the zoo with "
-                                f"`python -m vardist.zoo.train --out {folder}` first")
-    meta = read_json_config(path)
+        raise FileNotFoundError(f"{path} not found: train {what} with "
+                                f"`{command} --out {folder}` first")
+    return read_json_config(path)
 
-    def tuples(d: dict) -> dict:  # JSON has lists where the configs hold tuples
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
-    return VQVAEConfig(**tuples(meta["vqvae"])), VARConfig(**tuples(meta["var"]))
+def config_from_json(cls, fields: dict):
+    """cls(**fields), with JSON's lists turned back into the tuples the configs hold."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def load_vqvae(folder: str | Path = WEIGHTS_DIR):

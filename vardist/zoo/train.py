@@ -15,7 +15,6 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from vardist.models.var.transformer import VARConfig, VARTransformer
 from vardist.models.var.vqvae import VQVAE, VectorQuantizer, VQVAEConfig
 from vardist.zoo.data import IMAGE_SIZE, NUM_CLASSES, Digits, augment, batches, load_digits
 from vardist.zoo.judge import DigitJudge
-from vardist.zoo.loop import Log, TrainLog, lr_at, run_steps, set_lr
+from vardist.zoo.loop import Log, TrainLog, lr_at, run_steps, set_lr, shuffled_batches
 from vardist.zoo.specs import CONFIG_FILE, JUDGE_FILE, VAE_FILE, VAR_FILE
 
 # The toy architecture: 16x16 digits, a 4x4 latent quantised over 4 scales (30 tokens).
@@ -217,15 +216,7 @@ def train_var(cfg: TrainConfig, vae: VQVAE, data: Digits, log: Log,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.var_wd},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.var_lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed + 5)
-    order: Iterator[torch.Tensor] = iter(())
-
-    def next_idx() -> torch.Tensor:
-        nonlocal order
-        try:
-            return next(order)
-        except StopIteration:
-            order = iter(torch.randperm(len(labels), generator=gen).split(cfg.var_batch)[:-1])
-            return next(order)
+    next_idx = shuffled_batches(len(labels), cfg.var_batch, gen).__next__
 
     def step(i: int) -> dict[str, float]:
         idx = next_idx()
