@@ -23,27 +23,14 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 import vardist
-from vardist.zoo.geneval_eval import ToyGenEvalMetric, scores_from_rows
-from vardist.zoo.shapes import TAGS, make_eval_prompts
+from vardist.study import progress_lines
+from vardist.zoo.geneval_eval import ToyGenEvalMetric, scores_from_rows, select_prompts
+from vardist.zoo.geneval_eval import interval as _ci
+from vardist.zoo.shapes import TAGS
 
 STRATEGIES = ["none", "top-k", "random-k", "small-k", "var-scaling", "infinity"]
 NAME = "toy_geneval_study"
-
-
-def select_prompts(per_tag: int) -> list[dict]:
-    """The first `per_tag` evaluation prompts of each tag (0: all of them), in file order."""
-    records = make_eval_prompts()
-    if per_tag <= 0:
-        return records
-    return [r for t in TAGS for r in [r for r in records if r["tag"] == t][:per_tag]]
-
-
-def _ci(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def summarise(rows: list[dict], records: dict[str, dict], reps: int, seed: int) -> list[dict]:
@@ -168,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
                           metrics=[metric], seed=args.seed, batch_size=args.batch_size,
                           weights=args.weights, engine=args.engine)
     t0 = time.perf_counter()
-    res = study.run(out, layouts=args.layouts, plots=False)
+    res = study.run(out, layouts=args.layouts, plots=False,
+                    progress=progress_lines(NAME))
     seconds = time.perf_counter() - t0
     entries = summarise(res.rows.to_pylist(), metric.records, args.bootstrap, args.seed)
     order = {s: i for i, s in enumerate(STRATEGIES)}

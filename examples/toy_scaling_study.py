@@ -37,7 +37,7 @@ def main() -> None:
     study = vardist.Study("toy-digits", "0-9", seeds=args.samples, sweep=sweep, metrics=METRICS,
                           seed=args.seed)
     t0 = time.perf_counter()
-    res = study.run(args.out)
+    res = study.run(args.out, progress=vardist.study.progress_lines("toy_scaling_study"))
     st = res.stats
     print(f"toy-digits, classes 0-9 x {args.samples} samples = {st['items']} items, "
           f"{st['settings']} settings, {time.perf_counter() - t0:.0f} s: {st['pools']} pools "

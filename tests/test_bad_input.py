@@ -2,7 +2,8 @@
 
 One table for the CLI and one for the Python API. Every case asserts the exit code or the
 exception (and the argument it names), that the message names the bad value, that no model was
-built and that nothing was written to the output folder; every refusal takes under a second.
+built and that nothing was written to the output folder. How long a refusal takes is
+benchmarks/cli_refusal.py's to measure (tests/test_refusal_imports.py: no torch on the way).
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ CLI_CASES = [
                                                 "models (flexible scale schedules), not test-double"),
     (["--classes", "0", "--schedule", "1,a"], "expected comma-separated integers, got '1,a'"),
     (["--classes", "0", "--actors", "2"], "'--actors': actors only apply to engine='ray'"),
+    # a search schedule's population, by the memory planner (toy-digits: 135 KB a member)
+    (["--model", "toy-digits", "--classes", "0", "--search", "density:100000@1/100000,1@2"],
+     "search schedule density:100000@1/100000,density:1@2 holds up to 800,008 partial "
+     "generations at once"),
 ]
 
 
@@ -210,6 +215,13 @@ API_CASES = [
     (dict(classes="0", progress=5), "progress", "progress must be a function of (images done, "
                                                 "total), got int 5"),
     (dict(model=123, classes="0"), "model", "got int"),
+    (dict(model="toy-digits", classes="0", search="density:100000@1/100000,1@2"), "search",
+     "a batch of 8 items, up to 100,000 members each, those entering a step and those it "
+     "keeps), each with a 135.0 KB KV cache"),
+    (dict(model="toy-digits", classes="0", search="beam:500000@1/500000,1@2",
+          verifier="toy-judge", batch_size=1), "search", "a batch of 1 item, up to 500,000 "
+     "members each, those entering a step and those it keeps), each with a 135.0 KB KV cache, "
+     "and one item's candidate previews: about 124.5 GB"),
     # files an in-memory run (out=None) would not write
     (dict(classes="0", out=None, log_candidates=True), "log_candidates",
      "log_candidates=True writes candidates.parquet into the output folder, and out is None"),

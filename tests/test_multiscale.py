@@ -214,3 +214,144 @@ def test_cli_search_schedule(tmp_path):
     bad = CliRunner().invoke(app, ["search", "--model", "toy-digits", "--classes", "0",
                                    "--search", "beam:3@1,1@1", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--search" in bad.output and "'1@1'" in bad.output
+
+
+# -- compute accounting of one-scale runs ------------------------------------------------------
+
+def test_one_scale_and_plain_runs_log_their_compute(tmp_path):
+    """Plain and one-scale runs fill the compute columns with multiscale's rule: every scale
+    fed once (the pool is drawn from logits already computed), rerank's further continuations
+    feed scales k.. again, the verifier scores what it ranks; the images are unchanged."""
+    plain_tokens = 1 + 4 + 9 + 16  # toy-digits' scales
+    base = {k: v for k, v in DIGITS.items() if k != "n"}
+    runs = {"plain": dict(strategy="none"), "density": dict(scale=1, n=12),
+            "scored": dict(scale=1, n=12, verifier="toy-judge"),
+            "rerank": dict(scale=1, n=12, strategy="top-k", verifier="toy-judge", rerank=3)}
+    for name, kw in runs.items():
+        res = vardist.search("toy-digits", **base, **kw, out=tmp_path / name)
+        rows = pq.read_table(tmp_path / name / "runlog.parquet").to_pylist()
+        assert {row["continuations"] for row in rows} == {3 if name == "rerank" else 1}
+        for r, row in zip(res, rows):
+            conts = row["continuations"]
+            want = dict(forward_tokens=1 + conts * (4 + 9 + 16), previews=0,
+                        verifier_calls={"plain": 0, "density": 0}.get(name, conts))
+            assert r.compute == want
+            assert {k: row[k] for k in want} == want
+            assert row["search"] is None and row["lineage"] is None
+        if name in ("plain", "density"):
+            assert {r.compute["forward_tokens"] for r in res} == {plain_tokens}
+        # a resumed run reads its compute back from the log
+        again = vardist.search("toy-digits", **base, **kw, out=tmp_path / name)
+        assert all(r.resumed for r in again)
+        assert [r.compute for r in again] == [r.compute for r in res]
+    # in memory, and the same bytes as before the columns existed (images are pinned
+    # elsewhere; here: a density run's images equal a plain scale-1 search's)
+    mem = vardist.search("toy-digits", **DIGITS, scale=1)
+    assert all(r.compute["forward_tokens"] == plain_tokens for r in mem)
+
+
+# -- memory of a population, before any model loads ------------------------------------------
+
+def test_step_members_follow_the_engines_arithmetic():
+    from vardist.engine.schedule import step_members
+
+    m = step_members(parse_search("beam:8@1,4@3,1@6", 10), n=16, previews=False)
+    assert [(x.scale, x.before, x.draws, x.after, x.previews) for x in m] == [
+        (1, 1, 16, 8, 16), (3, 8, 2, 4, 16), (6, 4, 4, 1, 16)]
+    # a rule keeps at most its candidates, resample draws POP with replacement; cluster
+    # decodes previews only with a verifier (its image tower), density never
+    m = step_members(parse_search("cluster:6@0/4,resample:5@1/3,density:1@2", 4), n=9,
+                     previews=False)
+    assert [(x.before, x.draws, x.after, x.previews) for x in m] == [
+        (1, 4, 4, 0), (4, 1, 5, 4), (5, 2, 1, 0)]
+    assert step_members(parse_search("cluster:2@0,1@1", 4), 4, previews=True)[0].previews == 4
+
+
+def test_population_memory_counts_a_kv_cache_per_member():
+    from vardist.engine.schedule import step_members
+    from vardist.models import memory
+
+    fp = memory.footprint("toy-digits")
+    one = memory.estimate(fp, batch=1, n=1, scale=0, device="cpu").kv_cache
+    plain = memory.estimate(fp, batch=4, n=1, scale=3, device="cpu")
+    for pop in (2, 8, 64):
+        steps = step_members(parse_search(f"density:{pop}@1/{pop},1@2", 4), n=pop,
+                             previews=False)
+        plan = memory.estimate_population(fp, batch=4, steps=steps, device="cpu")
+        # the peak holds the members entering scale 2 and the one each keeps
+        assert plan.kv_cache == 4 * (pop + 1) * one
+        assert plan.total > plain.total
+
+
+# -- candidate previews: the chunk rule and their memory -------------------------------------
+
+def test_preview_chunk_is_a_pixel_budget_per_decode_batch():
+    from vardist.engine.schedule import PREVIEW_CHUNK, PREVIEW_PIXELS, preview_chunk
+
+    got = {hw: preview_chunk(hw) for hw in [(16, 16), (32, 32), (128, 128), (256, 256),
+                                             (512, 512), (1024, 1024), (768, 1360), (8192, 8192)]}
+    assert got == {(16, 16): 256, (32, 32): 256, (128, 128): 256, (256, 256): 64,
+                   (512, 512): 16, (1024, 1024): 4, (768, 1360): PREVIEW_PIXELS // (768 * 1360),
+                   (8192, 8192): 1}
+    assert preview_chunk(None) == PREVIEW_CHUNK  # a model that does not state its size
+    with pytest.raises(ValueError, match="positive"):
+        preview_chunk((0, 16))
+    # the toys the documented tables were measured on keep the chunk they were measured with
+    for name in ("toy-digits", "toy-shapes"):
+        assert preview_chunk(vardist.models.load(name, device="cpu").image_hw) == PREVIEW_CHUNK
+
+
+def test_previews_decode_one_items_candidates_a_chunk_at_a_time():
+    """engine.multiscale asks preview_candidates for one item's candidates at a time, at most
+    preview_chunk(model.image_hw), and the previews are those of fork + advance + preview."""
+    import torch
+
+    from scalewise_double import DoubleModel
+    from vardist.engine.multiscale import _previews
+    from vardist.models import Sampling
+
+    class Big(DoubleModel):
+        image_hw = (1024, 1024)  # a chunk of 4
+
+        def preview_candidates(self, state, rows, codes):
+            calls.append([int(r) for r in rows])
+            return super().preview_candidates(state, rows, codes)
+
+    calls: list[list[int]] = []
+    model = Big()
+    with torch.inference_mode():
+        state = model.start([3, 7, 1], [5, 6, 7], Sampling(cfg=0.0))
+        model.run_scales(state, 1)
+        codes = model.draw_pool(state, 10)
+        flat = [(b, b, j) for b in range(3) for j in range(10 if b != 1 else 3)]
+        got = _previews(model, state, codes, flat)
+        want = []
+        for b, m, j in flat:
+            one = model.fork(state, [m])
+            model.advance(one, codes[[m], [j]])
+            want.append(model.preview(one).numpy())
+    assert [len(c) for c in calls] == [4, 4, 2, 3, 4, 4, 2]
+    assert all(len(set(c)) == 1 for c in calls)  # never two items in one decode batch
+    np.testing.assert_array_equal(got, np.concatenate(want))
+
+
+def test_population_memory_counts_no_kv_cache_per_preview():
+    """A candidate preview holds a copy of the latent and a decode, not a KV cache: on
+    Infinity-2B (configs only, no weights) beam search's peak does not grow with n."""
+    from vardist.engine.schedule import preview_chunk, step_members
+    from vardist.models import memory
+
+    fp = memory.footprint("infinity-2b")
+    S = len(fp.tokens)
+    one = memory.estimate(fp, batch=1, n=1, scale=0, cfg=3.0)
+    plans = []
+    for n in (64, 256, 1024):
+        steps = step_members(parse_search("beam:8@3,1@6", S), n, previews=True,
+                             image_hw=fp.image_hw)
+        assert [s.previews for s in steps] == [preview_chunk(fp.image_hw)] * 2 == [4, 4]
+        plans.append(memory.estimate_population(fp, batch=1, steps=steps, cfg=3.0))
+    for plan in plans:
+        assert plan.kv_cache == (1 + 8) * one.kv_cache  # members entering and kept, nothing else
+        assert plan.transients >= 4 * one.decode  # one item's chunk of previews decoding
+    assert plans[-1].total - plans[0].total < 0.01 * plans[0].total  # only the candidates' ids
+    assert plans[0].total < 80 * memory.GB  # it fits an 80 GB GPU at batch 1

@@ -189,3 +189,89 @@ def test_fork_bad_arguments_name_the_problem(case):
         model.fork(state, [0.0, 1.0])
     with pytest.raises(ValueError, match="one seed >= 0 per member"):
         model.fork(state, [0, 1], seeds=[1])
+
+
+# -- preview_candidates ----------------------------------------------------------------------------
+# every family and fixture: VAR (toy-digits, var-tiny, var-saln-tiny), FlexVAR, Infinity (2B and 8B
+# layouts, toy-shapes) and the doubles, which keep the interface's default (fork, advance, preview)
+CANDIDATE_MODELS = ["toy-digits", "var-tiny", "var-saln-tiny", "flexvar-tiny", "infinity-tiny",
+                    "infinity8b-tiny", "toy-shapes", "double", "ray-toy"]
+
+
+@pytest.fixture(scope="module", params=CANDIDATE_MODELS)
+def any_family(request):
+    """(model, two conditions, sampling) for every fixture family."""
+    name = request.param
+    if name == "double":
+        return DoubleModel(), [3, 7], FLAT
+    if name == "ray-toy":
+        return ToyScaleModel(), [0, 2], FLAT
+    if name in ("toy-digits", "toy-shapes"):
+        model = load(name, device="cpu")
+        conds = [3, 7] if name == "toy-digits" else ["a red circle", "two blue squares"]
+        return model, conds, SMP
+    if name == "infinity-tiny":
+        pytest.importorskip("transformers")
+        return load(name, device="cpu"), ["a photo of a red car", "two dogs"], SMP
+    fixtures = request.getfixturevalue("fixtures_dir")
+    if name in ("var-tiny", "var-saln-tiny"):
+        from vardist.models.var import from_fixture
+
+        return from_fixture(fixtures / name), [3, 7], SMP
+    if name == "flexvar-tiny":
+        from vardist.models.flexvar import from_fixture
+
+        return from_fixture(fixtures / name), [3, 7], SMP
+    # infinity8b-tiny has no text encoder: its cases' encoder features stand in for prompts
+    import json
+
+    from vardist.models.infinity import from_fixture
+
+    folder = fixtures / name
+    config = json.loads((folder / "config.json").read_text())
+    model = from_fixture(folder, transformer=config["sharded_checkpoint"]["folder"])
+    cases = torch.load(folder / "cases.pt", weights_only=True)
+    text = list(cases["text_kv_compact"].split(cases["text_lens"]))[:2]
+    model.start = lambda conds, seeds, smp: model._open(text, list(conds), seeds, smp)
+    return model, ["first case", "second case"], SMP
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_preview_candidates_are_fork_advance_preview_and_leave_the_state(any_family, where):
+    model, conds, smp = any_family
+    k = 0 if where == "first" else model.num_scales // 2
+    state = _prefix(model, conds, SEEDS, k, smp)
+    pool = model.draw_pool(state, 3)
+    rows, js = [1, 0, 1, 1], [0, 2, 1, 2]
+    codes = pool[rows, js]
+
+    got = model.preview_candidates(state, rows, codes)
+    forked = model.fork(state, rows)
+    model.advance(forked, codes)
+    want = model.preview(forked)
+    assert got.dtype == torch.uint8 and got.device.type == "cpu"
+    assert got.shape == want.shape and got.shape[0] == 4
+    if model.image_hw is not None:  # the size the preview chunk is planned by, without a decode
+        assert got.shape[1:3] == model.image_hw
+    assert torch.equal(got, want)
+    # and what the latent of those maps decodes to, built from the VAE's own pieces
+    independent = _independent_decode(model, [m[rows] for m in state.maps] + [codes])
+    if independent is not None:
+        assert torch.equal(got, independent)
+    # the state is untouched: same maps, and it continues to plain generation's image
+    assert state.next_scale == k
+    assert torch.equal(model.finish(state), model.finish(_prefix(model, conds, SEEDS, k, smp)))
+
+
+def test_preview_candidates_bad_arguments_name_the_problem(any_family):
+    model, conds, smp = any_family
+    state = _prefix(model, conds, SEEDS, 1, smp)
+    codes = model.draw_pool(state, 2)[:, 0]
+    with pytest.raises(ValueError, match=r"0\.\.1"):
+        model.preview_candidates(state, [0, 2], codes)
+    with pytest.raises(ValueError, match="needs integer codes|must have shape"):
+        model.preview_candidates(state, [0, 1, 1], codes)
+    done = _prefix(model, conds, SEEDS, model.num_scales, smp)
+    with pytest.raises(ValueError, match="scales are done"):
+        model.preview_candidates(done, [0], codes[:1])

@@ -412,6 +412,10 @@ def test_cli_search_on_ray_loads_the_model_in_each_actor(ray_instance, tmp_path)
     assert r.exit_code == 0, r.output
     logs = [pq.read_table(tmp_path / d / "runlog.parquet") for d in ("r", "l")]
     assert logs[0]["chosen"].to_pylist() == logs[1]["chosen"].to_pylist()
+    # the same compute in both engines (the Ray actor's teacher-forced rebuild is not counted)
+    for col in ("forward_tokens", "previews", "verifier_calls"):
+        assert logs[0][col].to_pylist() == logs[1][col].to_pylist()
+    assert set(logs[0]["forward_tokens"].to_pylist()) == {1 + 4 + 9 + 16}
     for p in logs[1]["path"].to_pylist():  # kept state vs teacher-forced re-entry: same pixels
         a, b = (read_png(tmp_path / d / p).astype(int) for d in ("r", "l"))
         assert np.abs(a - b).max() <= 1

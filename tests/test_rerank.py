@@ -152,7 +152,7 @@ def test_fork_and_teacher_forced_finishing_agree(name, cond, fixtures_dir):
     (dict(rerank=4), "rerank", "rerank needs a verifier"),
     (dict(verifier_weights="/tmp"), "verifier_weights", "verifier_weights needs a verifier"),
     (dict(verifier="nope"), "verifier", "unknown verifier 'nope'"),
-    (dict(verifier="toy-geneval"), "verifier", "prompt conditions, and this run has classs"),
+    (dict(verifier="toy-geneval"), "verifier", "prompt conditions, and this run has classes"),
     (dict(verifier="toy-judge", rerank=0), "rerank", "rerank must be >= 1"),
     (dict(verifier="toy-judge", rerank=2, strategy="none"), "rerank", "strategy 'none'"),
     (dict(verifier="toy-judge", rerank="2"), "rerank", "must be an integer"),
@@ -291,7 +291,7 @@ def test_study_sweeps_rerank_reusing_continuations(model, judge, tmp_path):
     # What was computed: one continuation per distinct (item, candidate token map) that any
     # setting keeps or reranks, counted independently from a fresh pool of the same items.
     pool = pipeline.prefix_and_pool(model, study.items, dataclasses.replace(
-        study.settings[-1].search(), strategy="top-k"))
+        study.settings[-1].search_settings(), strategy="top-k"))
     distinct = {(r["item"], pool.codes[r["item"], j].tobytes())
                 for r in rows for j in (r["reranked"] or [r["chosen"]])}
     assert res.stats["continuations"] == sum(finished) == len(distinct)

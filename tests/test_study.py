@@ -225,3 +225,139 @@ def test_toy_judge_metrics_on_real_digits():
     assert m["fd_toy"].compute(real, labels) < m["fd_toy"].compute(noise, labels)
     assert m["diversity"].compute(same, [labels[0]] * 20) == pytest.approx(0.0, abs=1e-6)
     assert m["diversity"].compute(real, labels) > 0
+
+
+# -- search schedules (search across scales) as a swept setting --------------------------------
+
+SCHEDULES = ["density:3@1,1@2", "beam:3@1,1@2", "tts-var", "density:1@1", None, ""]
+DIGITS = dict(conditions=[0, 1, 2], seeds=2, batch_size=2, n=6, verifier="toy-judge")
+
+
+@pytest.fixture(scope="module")
+def schedule_study():
+    study = Study("toy-digits", sweep={"search": SCHEDULES}, **DIGITS)
+    return study, study.run()
+
+
+def test_search_schedules_sweep_like_any_setting(schedule_study):
+    """A row of a schedule is what vardist.search(search=that) makes for its item: the same
+    image bytes, choices, lineage, reward and compute; rows and summary carry the canonical
+    schedule; None and "" are the one-scale search (one setting)."""
+    study, res = schedule_study
+    rows = res.rows.to_pylist()
+    assert [s.search for s in study.settings] == [
+        "density:3@1,density:1@2", "reward:3@1,reward:1@2",
+        "cluster:6@0/8,cluster:2@1/6,resample:1@2/2", "density:1@1", None]
+    assert res.summary["search"].to_pylist() == [s.search for s in study.settings]
+    assert res.summary["multiscale"].to_pylist() == [True, True, True, False, False]
+    for s in study.settings[:4]:
+        alone = vardist.search("toy-digits", classes=DIGITS["conditions"], samples=2,
+                               batch_size=2, n=6, verifier="toy-judge", search=s.search)
+        mine = sorted((r for r in rows if r["search"] == s.search), key=lambda r: r["item"])
+        assert len(mine) == len(alone) == 6
+        for r, a in zip(mine, alone):
+            if s.multiscale:  # searched as search() searches: the same bytes
+                assert res.images[r["image_key"]].tobytes() == a.image.tobytes()
+            else:  # one-scale: a rebuilt continuation, within a level (docs/study.md)
+                diff = res.images[r["image_key"]].astype(int) - a.image.astype(int)
+                assert np.abs(diff).max() <= 1
+            assert (r["chosen"], r["lineage"]) == (a.chosen, a.lineage)
+            assert {k: r[k] for k in a.compute} == a.compute
+            assert r["reward"] == pytest.approx(a.reward)
+    # the verifier guided the searches: beam previews and scores every candidate at scale 1
+    # (6) and scale 2 (3 members x 2), plus the kept image; one-scale rows cost plain's tokens
+    summary = {r["search"]: r for r in res.summary.to_pylist()}
+    assert summary["reward:3@1,reward:1@2"]["previews_per_image"] == 12
+    assert summary["reward:3@1,reward:1@2"]["verifier_calls_per_image"] == 13
+    assert summary[None]["forward_tokens_per_image"] == 1 + 4 + 9 + 16
+    assert res.stats["searches"] == 3 * len(study.items)  # one per multi-scale setting and item
+    assert res.stats["pools"] == len(study.items)  # the one-scale settings share their pools
+
+
+def test_schedule_sweeps_write_their_tables(schedule_study, tmp_path):
+    study, _ = schedule_study
+    study.metrics = [Brightness()]
+    try:
+        res = study.run(tmp_path)
+    finally:
+        study.metrics = []
+    png = res.paths["plot_brightness_tokens"]  # the metric against forward tokens per image
+    assert png.name == "brightness_vs_forward_tokens.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = pq.read_table(res.paths["rows"]).to_pylist()
+    assert {r["search"] for r in rows} == {s.search for s in study.settings}
+    assert all((r["lineage"] is None) == (r["search"] in (None, "density:1@1")) for r in rows)
+    assert all(r["forward_tokens"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(sweep={"search": ["density:3@1,1@2"], "scale": [1, 2]}), "sweep"),
+    (dict(sweep={"search": ["beam:3@1,1@2"]}, verifier=None), "verifier"),
+    (dict(sweep={"search": ["beam:3@1,1@9"]}), "search"),
+    (dict(sweep={"search": ["density:3@1,1@2"], "verifier": [None, "toy-judge"]},
+          engine="ray"), "verifier"),
+])
+def test_bad_schedule_sweeps_are_refused(kwargs, param):
+    args = dict(DIGITS, **kwargs)
+    if args.get("verifier", 0) is None:
+        args.pop("verifier")
+    with pytest.raises(InputError) as e:
+        Study("toy-digits", **args)
+    assert e.value.param == param
+
+
+def test_rerank_is_dropped_for_schedules_only():
+    study = Study("toy-digits", sweep={"search": ["beam:3@1,1@2", None], "rerank": [0, 2]},
+                  **{**DIGITS, "n": 6}, strategy="top-k")
+    assert [(s.search, s.rerank) for s in study.settings] == [
+        ("reward:3@1,reward:1@2", 0), (None, 0), (None, 2)]
+
+
+def test_ray_study_searches_schedules_like_the_local_one(schedule_study):
+    ray = pytest.importorskip("ray")
+    _, local = schedule_study
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             configure_logging=False)
+    try:
+        study = Study("toy-digits", sweep={"search": SCHEDULES}, **DIGITS, engine="ray",
+                      actors=2)
+        got = study.run()
+    finally:
+        ray.shutdown()
+    for col in ("setting", "item", "search", "chosen", "lineage", "forward_tokens", "previews",
+                "verifier_calls"):
+        assert got.rows[col].to_pylist() == local.rows[col].to_pylist()
+    multi = [r["search"] not in (None, "density:1@1") for r in local.rows.to_pylist()]
+    for m, g, w in zip(multi, got.rows["image_key"].to_pylist(),
+                       local.rows["image_key"].to_pylist()):
+        if m:  # a schedule's batch runs whole on one replica, as in search(): the same bytes
+            assert got.images[g].tobytes() == local.images[w].tobytes()
+
+
+def test_progress_counts_every_pool_and_schedule_run_once():
+    """progress(done, total) starts at 0, rises to total (items x (pool groups + schedules))
+    and never goes down; a non-callable is refused by name; progress_lines prints lines."""
+    import io
+
+    from vardist.study import progress_lines
+
+    study = Study("toy-digits", sweep={"search": ["beam:2@1,1@2", None],
+                                       "strategy": ["none", "var-scaling"]}, **DIGITS)
+    calls: list[tuple[int, int]] = []
+    study.run(progress=lambda done, total: calls.append((done, total)))
+    groups = len(study.pool_groups())
+    schedules = sum(s.multiscale for s in study.settings)
+    total = len(study.items) * (groups + schedules)
+    assert schedules >= 1 and groups >= 1
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
+    assert {t for _, t in calls} == {total}
+    with pytest.raises(InputError) as e:
+        study.run(progress="yes")
+    assert e.value.param == "progress"
+    buf = io.StringIO()
+    report = progress_lines("s", every=3600, stream=buf)
+    for done in range(5):
+        report(done, 4)
+    assert buf.getvalue().splitlines()[0].startswith("s: 0/4 (0%)")
+    assert buf.getvalue().splitlines()[-1].startswith("s: 4/4 (100%)")

@@ -12,23 +12,26 @@ import importlib
 import inspect
 import numbers
 import os
+import re
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from vardist.engine import AUTOCAST_MODES, ENGINES, TEXT_DEVICES
 from vardist.engine.plan import (STRATEGY_USES, Job, SearchSettings, check_plan_size,
-                                 check_pool_memory, check_schedule_memory, memory_budget,
-                                 unused_settings)
-from vardist.engine.results import Recorder, SearchResults
+                                 check_pool_memory, check_schedule_memory, device_type,
+                                 memory_budget, unused_settings)
 from vardist.engine.schedule import SearchSchedule, parse_search
 from vardist.io.conditions import (InputError, InputWarning, parse_classes,
                                    prompts_from_strings, read_prompts)
-from vardist.io.outputs import check_writable, folder_lock
+from vardist.io.outputs import check_writable, folder_lock, human_size
 from vardist.models import registry
 from vardist.models.interface import ScaleWiseGenerator
+
+if TYPE_CHECKING:  # the engine's results import torch: a refused run never needs them
+    from vardist.engine.results import SearchResults
 
 
 
@@ -107,6 +110,8 @@ def search(model: str | ScaleWiseGenerator, *, prompts: str | Path | Sequence[st
         ray_engine.preflight(engine_options)  # a dead cluster address: refused, nothing written
     # One run per output folder at a time (FolderBusy names the holder's pid), held until this
     # run ends, however it ends.
+    from vardist.engine.results import Recorder
+
     with folder_lock(job.out) if job.out is not None else nullcontext():
         recorder = Recorder(job, config)  # opens run.json: refuses a folder with other settings
         done = recorder.complete()  # a finished run: nothing to do, so no model to load
@@ -141,7 +146,7 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
     """Every check of search() without loading a model: returns the Job and the run.json config.
     Engines other than search() (the Ray engine, studies) start from here too."""
     _check_types(locals())  # first: wrong types named by argument, not bare TypeErrors later
-    _check_device(device, engine, engine_options)
+    _check_device(device)
     # The model and what it accepts.
     if isinstance(model, str):
         try:
@@ -244,17 +249,30 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
                              f"None (the images stay in memory): give out= a folder, or drop "
                              f"{name}", param=name)
 
-    # Sizes, by arithmetic, before anything is built or loaded.
+    # The verifier: its name, input and weights files (the registry's specs import no torch).
+    verifier_identity = _check_verifier(verifier, verifier_weights, rerank, kind, settings,
+                                        out, [c for _, c in conditions])
+
+    # Sizes, by arithmetic, before anything is built or loaded. Everything above runs without
+    # torch (a refusal there takes no torch import); below, torch is imported to ask about a GPU
+    # where one may be (engine.plan.cuda_ruled_out) and to plan a --search population from the
+    # model's parameter count.
     check_plan_size(len(conditions), samples, kind)
-    budget = _memory_budget(device, engine, engine_options)
     side = schedule[settings.scale] if schedule is not None else settings.scale + 1
-    check_pool_memory(settings, batch_size, side * side, budget)  # side: a lower bound if unknown
+    # A batch's pool is held in this machine's memory whatever the device (the selection reads
+    # it there), so it is checked against that first, without asking torch about GPUs.
+    host = _memory_budget("cpu", engine, engine_options)
+    check_pool_memory(settings, batch_size, side * side, host)  # side: a lower bound if unknown
+    _check_device_here(device, engine, engine_options)
+    budget = _memory_budget(device, engine, engine_options)
+    if budget != host:  # and on a GPU, against the GPU's memory
+        check_pool_memory(settings, batch_size, side * side, budget)
     _check_gpu_plan(spec, settings, batch_size, device, engine, model_options)
+    _check_population_memory(spec, settings, search_schedule, batch_size, budget,
+                             _budget_device(device), model_options, verifier is not None)
     if schedule is not None:
         check_schedule_memory(schedule, batch_size, budget, **_schedule_sizes(spec, weights))
 
-    verifier_identity = _check_verifier(verifier, verifier_weights, rerank, kind, settings,
-                                        out, [c for _, c in conditions])
     # Where it goes, and what it needs.
     if spec is not None and registry.find_weight_files(spec, weights) is None:
         raise registry.missing_weights_error(spec, weights)
@@ -428,9 +446,10 @@ def _check_verifier(verifier: str | None, weights: str | Path | None, rerank: in
     except ValueError as e:
         raise InputError(str(e), param="verifier") from None
     if vspec.condition_kind not in ("any", kind):
+        kinds = "classes" if kind == "class" else f"{kind}s"
         raise InputError(f"verifier {verifier!r} scores images against {vspec.condition_kind} "
-                         f"conditions, and this run has {kind}s; choose a verifier for "
-                         f"{kind}s (`vardist verifiers` lists each one's input)",
+                         f"conditions, and this run has {kinds}; choose a verifier for "
+                         f"{kinds} (`vardist verifiers` lists each one's input)",
                          param="verifier")
     if vspec.check_conditions is not None:
         try:
@@ -505,21 +524,31 @@ def _warn_unused(strategy: str, args: dict[str, Any]) -> None:
                       InputWarning, stacklevel=3)
 
 
-def _check_device(device: str | None, engine: str, engine_options: dict[str, Any]) -> None:
-    """A device this machine cannot run on, refused before any model loads (it failed while
-    loading). A Ray cluster's actors may have devices this machine lacks: there only the
-    spelling is checked."""
-    if device is None:
+# The devices vardist runs on, as torch spells them (cpu, cuda, cuda:1, mps:0): an index
+# without leading zeros (torch refuses cuda:01) and below 100 (torch keeps it in 8 bits, and
+# reads cuda:200 as cuda:-56).
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:(0|[1-9][0-9]?))?")
+
+
+def _check_device(device: str | None) -> None:
+    """A device vardist cannot run on (potato, cuda:x, meta), refused by its spelling, without
+    importing torch (whether this machine has it is _check_device_here's question)."""
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise InputError(f"device {device!r} is not a torch device vardist runs on; use cpu, "
+                         f"cuda, cuda:N or mps", param="device")
+
+
+def _check_device_here(device: str | None, engine: str, engine_options: dict[str, Any]) -> None:
+    """A device this machine lacks (cuda on a CPU build of torch, cuda:3 of two GPUs, mps off
+    a Mac), refused before any model loads (it failed while loading). A Ray cluster's actors
+    may have devices this machine lacks: there only the spelling is checked."""
+    if device is None or device_type(device) == "cpu":
+        return
+    if engine == "ray" and (engine_options.get("address") or os.environ.get("RAY_ADDRESS")):
         return
     import torch
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or "
-                         f"mps", param="device") from None
-    if engine == "ray" and (engine_options.get("address") or os.environ.get("RAY_ADDRESS")):
-        return
+    dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r}: this torch build ({torch.__version__}) sees "
@@ -534,17 +563,16 @@ def _check_device(device: str | None, engine: str, engine_options: dict[str, Any
         if not torch.backends.mps.is_available():
             raise InputError(f"device {device!r}: MPS (Apple GPU) is not available here; use "
                              f"cpu", param="device")
-    elif dev.type != "cpu":
-        raise InputError(f"device {device!r}: vardist runs on cpu, cuda or mps", param="device")
 
 
 def _local_gpu(device: str | None) -> tuple[int, str] | None:
     """(total bytes, its name) of the GPU a local run uses (device None: cuda when there is
-    one), else None."""
+    one), else None. torch is asked only where a GPU may be (engine.plan.device_type)."""
+    if device_type(device) != "cuda":
+        return None
     import torch
 
-    if not torch.cuda.is_available() or (device is not None and
-                                         torch.device(device).type != "cuda"):
+    if not torch.cuda.is_available():
         return None
     dev = torch.device(device or "cuda")
     props = torch.cuda.get_device_properties(dev.index or 0)
@@ -572,6 +600,56 @@ def _check_gpu_plan(spec, settings: SearchSettings, batch_size: int, device: str
         raise InputError(str(e), param="batch_size") from None
 
 
+def _budget_device(device: str | None) -> str:
+    """The device type whose dtypes a memory plan assumes: cuda for a CUDA run (device None
+    on a machine with a GPU, as memory_budget reads it), else cpu. Without torch where no GPU
+    can be (a refusal needs no torch)."""
+    return device_type(device)
+
+
+def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedule | None,
+                             batch_size: int, budget: tuple[int, str], device_type: str,
+                             model_options: dict[str, Any], verified: bool) -> None:
+    """A search across scales holds a population of partial generations per item, each with
+    its own KV cache: refuse, by arithmetic before the model loads, a schedule whose peak
+    (members x the model's state per member, their candidates, previews; the memory planner's
+    estimate_population) cannot fit `budget`, naming the estimate and what fits. Registry
+    models with a known footprint only (others are checked by what they load)."""
+    from vardist.engine.schedule import step_members
+    from vardist.models import memory
+
+    fp = memory.footprint(spec.name) if spec is not None and sched is not None else None
+    if fp is None:
+        return
+    fp = memory.with_text_device(fp, model_options.get("text_device"))
+    steps = step_members(sched, settings.n, previews=verified, image_hw=fp.image_hw)
+    limit, where = budget
+
+    def need(batch: int) -> memory.MemoryPlan:
+        return memory.estimate_population(fp, batch=batch, steps=steps, cfg=settings.cfg,
+                                          device=device_type)
+
+    plan = need(batch_size)
+    if plan.total <= limit:
+        return
+    lo, hi = 0, batch_size - 1  # the largest batch that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if need(mid).total <= limit else (lo, mid - 1)
+    rows = max(batch_size * (st.before + st.after) for st in steps)
+    pop = max(st.after for st in steps)
+    member = memory.estimate(fp, batch=1, n=1, scale=0, cfg=settings.cfg,
+                             device=device_type).kv_cache
+    hint = (f", or use batch_size {lo} (the largest that fits)" if lo else
+            " (even batch_size 1 does not fit)")
+    raise InputError(
+        f"search schedule {sched} holds up to {rows:,} partial generations at once (a batch "
+        f"of {batch_size} item{'s' * (batch_size != 1)}, up to {pop:,} members each, those "
+        f"entering a step and those it keeps), each with a {human_size(member)} KV cache, "
+        f"and one item's candidate previews: about {plan.describe()}, more than {where}; "
+        f"lower its populations (POP) or candidates (/N){hint}", param="search")
+
+
 def _memory_budget(device: str | None, engine: str, engine_options: dict[str, Any]
                    ) -> tuple[int, str]:
     """What a batch may use: this machine's (GPU or host) memory; on a Ray cluster, whose
@@ -589,7 +667,7 @@ def _schedule_sizes(spec, weights) -> dict[str, int]:
     if spec.files == flex.TINY_FILES:
         import json
 
-        from vardist.models.flexvar.generator import configs_from_fixture
+        from vardist.models.flexvar.configs import configs_from_fixture
 
         files = registry.find_weight_files(spec, weights)
         if files is None:

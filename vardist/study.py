@@ -58,12 +58,15 @@ from vardist.io.conditions import InputError
 from vardist.models.interface import ScaleWiseGenerator
 
 VERIFY_KEYS = ("verifier", "rerank")  # verifier-guided search (vardist.engine.rerank)
-SWEEP_KEYS = tuple(f.name for f in fields(SearchSettings)) + VERIFY_KEYS
+SEARCH_KEY = "search"  # a search schedule (engine.schedule); None: the one-scale search
+SWEEP_KEYS = tuple(f.name for f in fields(SearchSettings)) + VERIFY_KEYS + (SEARCH_KEY,)
+COMPUTE_KEYS = ("forward_tokens", "previews", "verifier_calls")  # per image (run-log columns)
 POOL_KEYS = ("scale", "cfg", "top_k", "top_p", "tau")  # what an item's pool depends on
 # Selection knobs each strategy reads (see _collapse).
 USES, _SELECTION_KEYS = STRATEGY_USES, SELECTION_SETTINGS
 
 ROWS_FILE, SUMMARY_FILE, CONFIG_FILE = "study.parquet", "summary.parquet", "study.json"
+PLOT_X = ("n", "continuations_per_image", "forward_tokens_per_image")  # plot()'s x axes
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -266,12 +269,17 @@ def _metric(m: str | Metric, verifier_weights: str | Path | None = None,
 class StudySetting(SearchSettings):
     """A search setting plus verifier-guided search: `verifier` scores the kept image (a
     `reward` column); with `rerank` = K >= 1 it picks the best of the first K shortlisted
-    candidates, as `vardist.search(verifier=, rerank=)` does."""
+    candidates, as `vardist.search(verifier=, rerank=)` does. `search`: the canonical text of
+    a search schedule (`vardist.search(search=)`), None for the one-scale search of
+    strategy / scale / n; `multiscale`: whether it runs the multi-scale engine (any schedule
+    but "density:1@K", which is the one-scale search at scale K)."""
 
     verifier: str | None = None
     rerank: int = 0
+    search: str | None = None
+    multiscale: bool = False
 
-    def search(self) -> SearchSettings:
+    def search_settings(self) -> SearchSettings:
         """The plain SearchSettings (what the engines' model calls read)."""
         return SearchSettings(**{f.name: getattr(self, f.name) for f in fields(SearchSettings)})
 
@@ -297,7 +305,9 @@ class Study:
     seed=seed)` gives sample s of that condition, so seeds=S reproduces search(samples=S).
     sweep: {setting name: list of values} over SearchSettings fields (scale, n, strategy, alpha,
     rep, conflict_thresh, k, cfg, top_k, top_p, tau, bandwidth, kde_method, metric) and
-    verifier-guided search's `verifier` and `rerank` (0: no rerank); every combination is a
+    verifier-guided search's `verifier` and `rerank` (0: no rerank), and `search`: a search
+    schedule (docs/search.md, "Search across scales"; None or "": the one-scale search), whose
+    rows are the images vardist.search(search=) makes (docs/study.md); every combination is a
     setting, unset fields take the model's defaults (verifier= and rerank= given outside the
     sweep hold for every setting; "none" ignores rerank: its shortlist is candidate 0).
     verifier_weights: where the verifiers' weights are (as search()'s). metrics: names of
@@ -318,7 +328,8 @@ class Study:
                  device: str | None = None, verifier_weights: str | Path | None = None,
                  **engine_options: Any) -> None:
         sweep = dict(sweep or {})
-        fixed = {k: engine_options.pop(k) for k in VERIFY_KEYS if k in engine_options}
+        fixed = {k: engine_options.pop(k) for k in (*VERIFY_KEYS, SEARCH_KEY)
+                 if k in engine_options}
         for key, values in sweep.items():
             if key not in SWEEP_KEYS:
                 raise InputError(f"unknown sweep key {key!r}; sweep over {', '.join(SWEEP_KEYS)}",
@@ -341,6 +352,11 @@ class Study:
         if engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}",
                              param="engine")
+        if SEARCH_KEY in sweep and "scale" in sweep:
+            raise InputError("sweep over 'scale' and 'search' together: a schedule names its "
+                             "own scales; sweep one-scale searches as search values "
+                             "'density:1@K' (the one-scale search at scale K) instead",
+                             param="sweep")
         if "schedule" in engine_options:
             raise InputError("studies run the model's own scale schedule; search a flexible "
                              "schedule with vardist.search(schedule=...)", param="schedule")
@@ -359,18 +375,26 @@ class Study:
         for combo in itertools.product(*(sweep[k] for k in keys)):
             given = {**fixed, **dict(zip(keys, combo))}
             verify = {k: given.pop(k) for k in VERIFY_KEYS if k in given}
-            job, self._config = plan_search(model, **common, **given)
+            search = given.pop(SEARCH_KEY, None) or None  # None / "": the one-scale search
+            # a schedule with a reward rule needs its verifier from the first check on
+            vkw = (dict(verifier=verify["verifier"], verifier_weights=verifier_weights)
+                   if search is not None and verify.get("verifier") is not None else {})
+            job, config = plan_search(model, **common, **given, search=search, **vkw)
             s = _collapse(job.settings, sweep)
-            # rerank 0 (or a strategy without a shortlist) is plain search
-            rerank = 0 if s.strategy == "none" else verify.get("rerank") or 0
-            if verify.get("verifier") is not None or rerank:
-                job, self._config = plan_search(
-                    model, **common, **given, verifier=verify.get("verifier"),
+            # rerank 0 (or a strategy without a shortlist, or a multi-scale schedule, which
+            # keeps by its rules and refuses rerank) is plain search
+            multi = job.search is not None
+            rerank = 0 if s.strategy == "none" or multi else verify.get("rerank") or 0
+            if not multi and (verify.get("verifier") is not None or rerank):
+                job, config = plan_search(
+                    model, **common, **given, search=search, verifier=verify.get("verifier"),
                     verifier_weights=verifier_weights, rerank=rerank or None)
-            s = StudySetting(**asdict(s), verifier=job.verifier, rerank=job.rerank)
+            self._config = config
+            s = StudySetting(**asdict(s), verifier=job.verifier, rerank=job.rerank,
+                             search=config["search"], multiscale=multi)
             if s not in self.settings:
                 self.settings.append(s)
-                self._jobs.append(replace(job, settings=s.search()))
+                self._jobs.append(replace(job, settings=s.search_settings()))
         self.metrics = [_metric(m, verifier_weights, device if engine == "local" else None)
                         for m in metrics]
         names = [m.name for m in self.metrics]
@@ -387,6 +411,14 @@ class Study:
         for name in dict.fromkeys(s.verifier for s in self.settings if s.verifier):
             self._scorers.setdefault(name, VerifierMetric(name, verifier_weights,
                                                           device if engine == "local" else None))
+        verifiers = {s.verifier for s in self.settings if s.multiscale}
+        if engine == "ray" and len(verifiers) > 1:
+            raise InputError(f"engine='ray' runs a study's search schedules on actors that hold "
+                             f"one verifier, and this sweep gives them {len(verifiers)} "
+                             f"({', '.join(map(str, sorted(verifiers, key=str)))}): give its "
+                             f"schedules one verifier (or none), or use engine='local'",
+                             param="verifier")
+        self._search_verifier = next(iter(verifiers), None)  # the Ray actors' verifier
         self.sweep = sweep
         self.condition_kind = job.condition_kind
         self.prompt_lines = job.prompt_lines
@@ -394,19 +426,29 @@ class Study:
                       in enumerate(itertools.product(job.conditions, samples))]
 
     def pool_groups(self) -> dict[tuple, list[SearchSettings]]:
-        """Settings grouped by what their pools depend on (one pool per item and group)."""
+        """Settings grouped by what their pools depend on (one pool per item and group); the
+        multi-scale schedules run their own search per item and are in no group."""
         groups: dict[tuple, list[SearchSettings]] = {}
         for s in self.settings:
+            if s.multiscale:
+                continue
             groups.setdefault(tuple(getattr(s, k) for k in POOL_KEYS), []).append(s)
         return groups
 
     def run(self, out: str | Path | None = None, *, layouts: bool = False,
-            plots: bool = True) -> StudyResults:
+            plots: bool = True, progress: Callable[[int, int], None] | None = None
+            ) -> StudyResults:
         """Run the sweep. out: write study.parquet (rows), summary.parquet, study.json, one
         PNG per metric (metric vs n, a line per strategy; with several rerank values also
         metric vs continuations per image) and the distinct images
         (out/continuations/); layouts=True also writes each setting's images in search()'s
-        layout under out/settings/<setting id>/ (hard links), e.g. for the GenEval harness."""
+        layout under out/settings/<setting id>/ (hard links), e.g. for the GenEval harness.
+        progress: called as progress(done, total) as the work advances, counting an item's
+        pool (shared by the settings that draw alike) or an item's search-schedule run as one
+        unit each (a long study shows where it is; `vardist.search` takes the same callback)."""
+        if progress is not None and not callable(progress):
+            raise InputError(f"progress must be a function of (done, total), got "
+                             f"{type(progress).__name__} {progress!r}", param="progress")
         out = outputs.check_writable(out) if out is not None else None
         if out is not None and plots:
             try:
@@ -417,7 +459,7 @@ class Study:
         runner = _RayRunner(self) if self.engine == "ray" else _LocalRunner(self)
         t0 = time.perf_counter()
         try:
-            rows, images, stats = self._sweep(runner)
+            rows, images, stats = self._sweep(runner, progress)
         finally:
             runner.close()
         stats["seconds"] = time.perf_counter() - t0
@@ -429,18 +471,30 @@ class Study:
 
     # The sweep: pools at the largest n, selection per setting, one continuation per distinct
     # (item, pool, token map) a setting keeps or reranks; then rewards, then each rerank's pick.
-    def _sweep(self, runner: "_Runner") -> tuple[list[dict], dict[int, np.ndarray], dict]:
+    def _sweep(self, runner: "_Runner", progress: Callable[[int, int], None] | None = None
+               ) -> tuple[list[dict], dict[int, np.ndarray], dict]:
         cache: dict[tuple, int] = {}   # (pool key, item index, candidate map bytes) -> image key
         images: dict[int, np.ndarray] = {}
         rows: list[dict] = []
         finishing: list[tuple[list[int], Callable[[], np.ndarray]]] = []  # (image keys, result)
         stats = {"settings": len(self.settings), "items": len(self.items), "pools": 0,
                  "candidates_drawn": 0, "continuations": 0, "selections": 0, "scored": 0,
-                 "pool_seconds": 0.0, "select_seconds": 0.0, "finish_seconds": 0.0,
-                 "score_seconds": 0.0}
+                 "searches": 0, "pool_seconds": 0.0, "select_seconds": 0.0,
+                 "finish_seconds": 0.0, "score_seconds": 0.0, "search_seconds": 0.0}
         batches = canonical_batches(self.items, self.batch_size)
-        tasks = [(key, group, batch) for key, group in self.pool_groups().items()
-                 for batch in batches]
+        groups = self.pool_groups()
+        total = len(self.items) * (len(groups) + sum(s.multiscale for s in self.settings))
+        done = [0]
+
+        def advance(units: int) -> None:
+            done[0] += units
+            if progress:
+                progress(done[0], total)
+
+        if progress:
+            progress(0, total)
+        searching = self._search(runner, batches, rows, images, stats, advance)
+        tasks = [(key, group, batch) for key, group in groups.items() for batch in batches]
         draw = [_draw_settings(group) for _, group, _ in tasks]
         for (key, group, batch), pool in zip(tasks, runner.pools(
                 [(batch, s) for (_, _, batch), s in zip(tasks, draw)])):
@@ -452,7 +506,7 @@ class Study:
             t0 = time.perf_counter()
             for s in group:
                 codes = pool.codes[:, :s.pool_size]
-                choices = pipeline.select_batch(codes, pool.embed, seeds, s.search(),
+                choices = pipeline.select_batch(codes, pool.embed, seeds, s.search_settings(),
                                                 keep_density=s.rerank > 0)  # rerank's ties
                 stats["selections"] += len(batch)
                 for b, (it, ch) in enumerate(zip(batch, choices)):
@@ -478,16 +532,59 @@ class Study:
                 rows_b = np.array([b for _, (b, _) in part])
                 t0 = time.perf_counter()
                 finishing.append(([cache[ck] for ck, _ in part], runner.finish(
-                    [batch[b] for b in rows_b], group[0].search(),
+                    [batch[b] for b in rows_b], group[0].search_settings(),
                     [m[rows_b] for m in pool.prefix],
                     pool.codes[rows_b, [j for _, (_, j) in part]])))
                 stats["finish_seconds"] += time.perf_counter() - t0
                 stats["continuations"] += len(part)
+            advance(len(batch))
         for image_keys, result in finishing:
             images.update(zip(image_keys, result()))
+        searching()
         self._verify(rows, images, stats)
+        for r in rows:  # one-scale rows' compute, once rerank has decided their continuations
+            if r["forward_tokens"] is None:
+                st = r["_settings"]
+                r.update(pipeline.one_scale_compute(
+                    runner.positions, st.scale, r["continuations"],
+                    len(r["reranked"]) if r["reranked"] else int(bool(st.verifier))))
         stats["continuations_separately"] = sum(r["continuations"] for r in rows)
         return rows, images, stats
+
+    # Search schedules (multi-scale): each setting searches every canonical batch itself, as
+    # vardist.search(search=) does (same batches, same replica threads: the same bytes); its
+    # images are its own (no cache: another schedule's token maps reached another way could
+    # differ by a level), and the verifier that guided it gave the kept image's reward.
+    def _search(self, runner: "_Runner", batches: Sequence[list[WorkItem]], rows: list[dict],
+                images: dict[int, np.ndarray], stats: dict,
+                advance: Callable[[int], None]) -> Callable[[], None]:
+        """Start every multi-scale setting's batches; the call collects them into rows and
+        images (keys after the one-scale images', so those keep their numbering)."""
+        started = []
+        t0 = time.perf_counter()  # the local runner searches here, the Ray one on its actors
+        for s in (s for s in self.settings if s.multiscale):
+            for batch in batches:
+                started.append((s, batch, runner.search(batch, s.search_settings(), s.search,
+                                                        s.verifier)))
+                stats["searches"] += len(batch)
+        stats["search_seconds"] += time.perf_counter() - t0
+
+        def collect() -> None:
+            key = max(images, default=-1) + 1
+            for s, batch, result in started:
+                t0 = time.perf_counter()
+                batch_images, choices = result()
+                stats["search_seconds"] += time.perf_counter() - t0
+                for it, image, ch in zip(batch, batch_images, choices):
+                    images[key] = image
+                    row = _row(s, it, ch, key)
+                    row.update(lineage=ch.lineage, **ch.compute)
+                    if s.verifier:
+                        row["_reward"] = ch.reward  # scored by the verifier that searched
+                    rows.append(row)
+                    key += 1
+                advance(len(batch))
+        return collect
 
     def _verify(self, rows: list[dict], images: dict[int, np.ndarray], stats: dict) -> None:
         """Each verifier scores each image it is asked about once; rerank rows keep their
@@ -497,18 +594,21 @@ class Study:
 
         conds = {it.index: it.condition for it in self.items}
         wanted: dict[str, dict[int, Any]] = {}   # verifier -> image key -> condition
+        self._rewards = {}
         for r in rows:
             v = r["_settings"].verifier
-            if v:
+            if v and "_reward" in r:  # a schedule's kept image, already scored
+                self._rewards.setdefault(v, {})[r["image_key"]] = r.pop("_reward")
+            elif v:
                 keys = r["_rerank"][1] if "_rerank" in r else [r["image_key"]]
                 wanted.setdefault(v, {}).update((k, conds[r["item"]]) for k in keys)
-        self._rewards = {}
         t0 = time.perf_counter()
         for v, todo in wanted.items():
             keys = list(todo)
             vals = self._scorers[v].compute(np.stack([images[k] for k in keys]),
                                             [todo[k] for k in keys])
-            self._rewards[v] = dict(zip(keys, np.asarray(vals, np.float64).tolist()))
+            self._rewards.setdefault(v, {}).update(
+                zip(keys, np.asarray(vals, np.float64).tolist()))
             stats["scored"] += len(keys)
         stats["score_seconds"] += time.perf_counter() - t0
         for r in rows:
@@ -561,7 +661,10 @@ class Study:
                    "reward_mean": float(np.mean([r["reward"] for r in mine]))
                    if s.verifier else float("nan"),
                    "density_chosen_mean": float(np.nanmean([r["density_chosen"] for r in mine]))
-                   if s.strategy != "none" else float("nan")}
+                   if s.strategy != "none" and not s.multiscale else float("nan"),
+                   # compute per image, as the run log counts it (score vs compute)
+                   **{f"{k}_per_image": float(np.mean([r[k] for r in mine]))
+                      for k in COMPUTE_KEYS}}
             for m in self.metrics:
                 if m.per_image:
                     row[m.name] = float(np.mean([r[m.name] for r in mine]))
@@ -608,6 +711,10 @@ class Study:
                     paths[f"plot_{m.name}_compute"] = plot(
                         res.summary, m.name, out / f"{m.name}_vs_continuations.png",
                         x="continuations_per_image")
+                if len({s.search for s in self.settings}) > 1:  # schedules at equal compute
+                    paths[f"plot_{m.name}_tokens"] = plot(
+                        res.summary, m.name, out / f"{m.name}_vs_forward_tokens.png",
+                        x="forward_tokens_per_image")
         config = {"model": self.model if isinstance(self.model, str) else type(self.model).__name__,
                   "sweep": self.sweep, "seed": self.seed, "batch_size": self.batch_size,
                   "engine": self.engine, "metrics": [m.name for m in self.metrics],
@@ -630,7 +737,7 @@ def _collapse(s: SearchSettings, sweep: dict) -> SearchSettings:
 def _draw_settings(group: Sequence[StudySetting]) -> SearchSettings:
     """Settings that draw the group's largest pool (any non-"none" strategy draws n)."""
     n = max(s.pool_size for s in group)
-    return replace(group[0].search(), n=n, strategy="none" if n == 1 else "top-k")
+    return replace(group[0].search_settings(), n=n, strategy="none" if n == 1 else "top-k")
 
 
 def _row(s: SearchSettings, it: WorkItem, ch: pipeline.Choice, image_key: int) -> dict:
@@ -640,16 +747,38 @@ def _row(s: SearchSettings, it: WorkItem, ch: pipeline.Choice, image_key: int) -
             "branch": ch.branch, "shortlist": len(ch.shortlist), "density_max": ch.density_max,
             "density_mean": ch.density_mean, "density_chosen": ch.density_chosen,
             "image_key": image_key, "reward": None, "reranked": [], "rerank_rewards": [],
-            "continuations": 1}
+            "continuations": 1, "lineage": None, **dict.fromkeys(COMPUTE_KEYS)}
+
+
+def progress_lines(label: str = "study", every: float = 30.0,
+                   stream: Any = None) -> Callable[[int, int], None]:
+    """A `progress` callback for Study.run that prints "label: done/total (pct), elapsed" at
+    most every `every` seconds and at the end, one line each (readable in a log file, where a
+    redrawn bar is not)."""
+    import sys
+
+    t0, last = time.perf_counter(), [-float("inf")]
+
+    def report(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - last[0] < every:
+            return
+        last[0] = now
+        pct = 100.0 * done / total if total else 100.0
+        print(f"{label}: {done}/{total} ({pct:.0f}%), {now - t0:.0f} s",
+              file=stream or sys.stderr, flush=True)
+    return report
 
 
 def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path,
          x: str = "n") -> Path:
     """metric vs n (log axis), one line per strategy (and per value of any other swept knob the
     strategy uses); several metrics give one panel each. x="continuations_per_image" plots
-    quality against compute instead (a rerank sweep: one line per strategy and n)."""
-    if x not in ("n", "continuations_per_image"):
-        raise ValueError(f"plot x must be 'n' or 'continuations_per_image', got {x!r}")
+    quality against compute instead (a rerank sweep: one line per strategy and n);
+    x="forward_tokens_per_image" against forward tokens (a search-schedule sweep: one line per
+    strategy, each point labelled with its schedule)."""
+    if x not in PLOT_X:
+        raise ValueError(f"plot x must be one of {', '.join(PLOT_X)}, got {x!r}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -657,22 +786,29 @@ def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path,
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     rows = summary.to_pylist()
-    along = ("n", "strategy") if x == "n" else ("rerank", "strategy")  # the x axis, the lines
+    along = {"n": ("n", "strategy"), "continuations_per_image": ("rerank", "strategy"),
+             "forward_tokens_per_image": ("search", "strategy")}[x]  # the x axis, the lines
     varying = [k for k in SWEEP_KEYS if k not in along and len({r[k] for r in rows}) > 1]
     cols = min(len(metrics), 2)
     nrows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
-        lines: dict[str, list[tuple[int, float]]] = {}
+        lines: dict[str, list[tuple[float, float, str]]] = {}
         for r in rows:
             shown = [k for k in varying if k not in _SELECTION_KEYS or k in USES[r["strategy"]]]
             label = ", ".join([r["strategy"]] + [f"{k}={r[k]}" for k in shown])
-            lines.setdefault(label, []).append((r[x], r[metric]))
+            lines.setdefault(label, []).append((r[x], r[metric], r["search"] or "one-scale"))
         for label, pts in lines.items():
-            pts.sort()
+            pts.sort(key=lambda p: p[:2])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            if x == "forward_tokens_per_image":  # which schedule each point is
+                for px, py, note in pts:
+                    ax.annotate(note, (px, py), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel("n (candidates per item)" if x == "n" else "continuations per image")
+        ax.set_xlabel({"n": "n (candidates per item)",
+                       "continuations_per_image": "continuations per image",
+                       "forward_tokens_per_image": "forward tokens per image"}[x])
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -702,6 +838,11 @@ class _Runner(Protocol):
                chosen: np.ndarray) -> Callable[[], np.ndarray]:
         """Start continuing `items` from prefix + chosen; the call returns their images."""
 
+    def search(self, items: list[WorkItem], settings: SearchSettings, schedule: str,
+               verifier: str | None) -> Callable[[], tuple[np.ndarray, list]]:
+        """Start a search across scales of `items` (engine.multiscale, guided by `verifier`);
+        the call returns their images and choices."""
+
     def close(self) -> None: ...
 
 
@@ -717,6 +858,9 @@ class _LocalRunner:
             _check_loaded(model, job)
         self.model = model
         self.code_ndim = len(model.code_shape)
+        self.positions = pipeline.model_positions(model)
+        self.verifier_weights = study.verifier_weights
+        self._verify: dict[str, Any] = {}  # a schedule's verifier, loaded once beside the model
 
     def pools(self, tasks):
         embed = pipeline.embedder(self.model)
@@ -729,6 +873,20 @@ class _LocalRunner:
         images = pipeline.continue_batch(self.model, items, settings, prefix, chosen)[0]
         return lambda: images
 
+    def search(self, items, settings, schedule, verifier):
+        from vardist.engine import multiscale, rerank
+        from vardist.engine.schedule import parse_search
+
+        if verifier is not None and verifier not in self._verify:  # as search() loads it
+            self._verify[verifier] = rerank.load_verify(
+                (verifier, str(self.verifier_weights) if self.verifier_weights else None, 0),
+                self.model)
+        with pipeline.replica_threads():  # search()'s threads: its bytes
+            images, _, choices = multiscale.search_batch(
+                self.model, items, settings, parse_search(schedule, self.model.num_scales),
+                self._verify.get(verifier), pipeline.embedder(self.model))
+        return lambda: (images, choices)
+
     def close(self) -> None:
         pass
 
@@ -736,7 +894,9 @@ class _LocalRunner:
 class _RayRunner:
     """The Ray engine's generator actors (vardist.engine.ray.Generator): every pool is drawn
     on the actors at once, selection runs on the driver (select_on is not used), continuations
-    go back to the actors. A lost actor fails the study (search()'s actor replacement is not
+    go back to the actors; a search schedule's batch is one actor `search` call, as in
+    search(), guided by the one verifier the actors hold (Study refuses schedules with several
+    verifiers on Ray). A lost actor fails the study (search()'s actor replacement is not
     wired in here: rerun it)."""
 
     def __init__(self, study: Study) -> None:
@@ -744,18 +904,26 @@ class _RayRunner:
 
         from vardist.engine import ray as ray_engine
 
-        opts = replace(ray_engine.RayOptions(), **study.engine_options)
+        # engine_options also holds the settings fixed for every setting (n=, cfg=, ...)
+        ray_fields = {f.name for f in fields(ray_engine.RayOptions)}
+        opts = replace(ray_engine.RayOptions(), **{k: v for k, v in study.engine_options.items()
+                                                   if k in ray_fields})
         opts.check()
         # as search(): --address, else $RAY_ADDRESS, else an instance of our own
         self.ray, self.started = ray, ray_engine.connect(opts)
         model = study.model if isinstance(study.model, str) else ray.put(study.model)
         fp = ray_engine.model_footprint(study.model)
         n, bundle, threads = ray_engine.actors_for(ray, opts, fp, study.device, self.started)
+        v = study._search_verifier  # loaded beside each replica, for search calls only
+        verify = (v, str(study.verifier_weights) if study.verifier_weights else None, 0) \
+            if v is not None else None
         self.actors = ray_engine._ActorSet(ray, ray.remote(ray_engine.Generator),
-                                           (model, study.weights, study.device, threads), n,
+                                           (model, study.weights, study.device, threads,
+                                            verify), n,
                                            bundle, 0, opts.placement_timeout_s,
                                            opts.report_every_s)
         self.next = 0
+        self.positions = ray.get(self.actors.handles[0].info.remote())["positions"]
 
     def _actor(self):
         self.next += 1
@@ -774,6 +942,14 @@ class _RayRunner:
         ref = self._actor().finish.remote(items, settings, [Packed.pack(p) for p in prefix],
                                           Packed.pack(chosen), False)  # arrays, not PNGs
         return lambda: self.ray.get(ref).images
+
+    def search(self, items, settings, schedule, verifier):
+        ref = self._actor().search.remote(items, settings, schedule, False)  # arrays
+
+        def result():
+            msg = self.ray.get(ref)
+            return msg.images, msg.choices
+        return result
 
     def close(self) -> None:
         self.actors.close()

@@ -73,6 +73,7 @@ def _run(job: Job, model: Any, recorder: Recorder, progress: Progress | None,
          todo_batches: Sequence, results: dict, embed: pipeline.Embed,
          verify: rerank.Verify | None = None) -> SearchResults:
     total, settings = len(job.items), job.settings
+    positions = pipeline.model_positions(model)  # compute accounting (run log)
 
     def write(bi, batch, choices, images, maps, pool_s, finish_s, before: Future | None) -> None:
         if before is not None:
@@ -107,6 +108,8 @@ def _run(job: Job, model: Any, recorder: Recorder, progress: Progress | None,
                 images, maps, choices = rerank.finish_batch(
                     model, pbatch, settings, ppool.prefix, ppool.codes, choices, ppool.state,
                     verify)
+                choices = pipeline.with_compute(choices, positions, settings.scale,
+                                                verify is not None)
                 ppool.state = None  # free the KV cache now
                 last_write = helper.submit(write, pbi, pbatch, choices, images, maps,
                                            ppool.seconds, time.perf_counter() - t0, last_write)

@@ -37,14 +37,14 @@ import torch
 from vardist.engine.pipeline import Choice, Embed
 from vardist.engine.plan import SearchSettings, WorkItem
 from vardist.engine.rerank import Verify, score_chosen
-from vardist.engine.schedule import NEEDS_VERIFIER, SearchSchedule, SearchStep
+from vardist.engine.schedule import (NEEDS_VERIFIER, SearchSchedule, SearchStep,
+                                     preview_chunk)
 from vardist.models.interface import ScaleWiseGenerator
 from vardist.selection import kde_density, select
 from vardist.selection.population import keep_cluster, keep_resample, keep_top
 
 _LINEAGE_KEY = 0x11EA6E  # spawn keys: a member's seed, and a step's rule rng, apart from the rest
 _STEP_KEY = 0x57E9
-PREVIEW_CHUNK = 256      # candidate previews decoded at once (memory: one fork of this many rows)
 
 
 def lineage_seed(seed: int, scale: int, candidate: int, copy: int = 0) -> int:
@@ -195,20 +195,22 @@ def _keep_density(codes: torch.Tensor, cand: list[tuple[int, int]], step: Search
 def _previews(model: ScaleWiseGenerator, state: Any, codes: torch.Tensor,
               flat: list[tuple[int, int, int]]) -> np.ndarray:
     """The preview of every candidate (member m's candidate j, for each (b, m, j), grouped by
-    item b): a fork of its member advanced by it, decoded. One item's candidates at a time (at
-    most PREVIEW_CHUNK), so the decoder sees the same batch shapes whatever the batch size (CPU
-    float kernels can round by batch shape, and a reward or a cluster follows such a level)."""
+    item b): its member's latent plus its codes, decoded (`model.preview_candidates`: no KV
+    cache is copied). One item's candidates at a time, at most preview_chunk(model.image_hw),
+    a number fixed by the output size alone, so the decoder sees the same batch shapes
+    whatever the batch size or machine (CPU float kernels can round by batch shape, and a
+    reward or a cluster follows such a level)."""
+    chunk = preview_chunk(getattr(model, "image_hw", None))
     out = []
     starts = [i for i in range(len(flat)) if i == 0 or flat[i][0] != flat[i - 1][0]]
     bounds = []
     for first, end in zip(starts, [*starts[1:], len(flat)]):  # one item's candidates
-        bounds += [(lo, min(end, lo + PREVIEW_CHUNK)) for lo in range(first, end, PREVIEW_CHUNK)]
+        bounds += [(lo, min(end, lo + chunk)) for lo in range(first, end, chunk)]
     for lo, hi in bounds:
         part = flat[lo:hi]
         ms, js = [m for _, m, _ in part], [j for _, _, j in part]
-        st = model.fork(state, ms)
-        model.advance(st, codes[ms, js])
-        out.append(model.preview(st).cpu().numpy().astype(np.uint8, copy=False))
+        shots = model.preview_candidates(state, ms, codes[ms, js])
+        out.append(shots.cpu().numpy().astype(np.uint8, copy=False))
     return np.concatenate(out)
 
 

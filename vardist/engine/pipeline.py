@@ -21,7 +21,7 @@ import contextlib
 import platform
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -63,8 +63,9 @@ class Choice:
     reranked: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     continuations: int = 1
-    # search across scales (engine.multiscale): the kept candidate at each searched scale and
-    # what the item cost (forward_tokens, previews, verifier_calls); None for one-scale search
+    # search across scales (engine.multiscale): the kept candidate at each searched scale; and
+    # what the item cost (forward_tokens, previews, verifier_calls), every search fills it
+    # (one-scale: the engines with `one_scale_compute` once the image is finished)
     lineage: list[int] | None = None
     compute: dict[str, int] | None = None
 
@@ -184,6 +185,34 @@ def select_batch(codes: np.ndarray, embed: Embed, seeds: Sequence[int], settings
                               float(density.max()), float(density.mean()), float(density[idx]),
                               time.perf_counter() - t0, density if keep_density else None))
     return choices
+
+
+def one_scale_compute(positions: Sequence[int], scale: int, continuations: int,
+                      scored: int) -> dict[str, int]:
+    """What a one-scale search (plain sampling included) spent on one image, counted as
+    engine.multiscale counts a search across scales: every scale's token positions fed once
+    (the pool at `scale` is drawn from logits already computed, so it adds none: the search
+    costs plain generation's tokens); each further continuation (rerank K) feeds scales
+    `scale`.. again from the kept prefix; no previews; `scored` images the verifier scored.
+    Work an engine repeats to move a state (the Ray engine's teacher-forced rebuild of the
+    prefix) is not the search's and is not counted, so both engines log the same figures."""
+    tokens = sum(positions[:scale]) + continuations * sum(positions[scale:])
+    return dict(forward_tokens=tokens, previews=0, verifier_calls=scored)
+
+
+def with_compute(choices: Sequence[Choice], positions: Sequence[int], scale: int,
+                 verified: bool) -> list[Choice]:
+    """The choices, each with its compute (`one_scale_compute`) where it has none yet: the
+    verifier scored the images it reranked, else (`verified`) the kept one."""
+    return [c if c.compute is not None else replace(c, compute=one_scale_compute(
+                positions, scale, c.continuations,
+                len(c.reranked) if c.reranked else int(verified)))
+            for c in choices]
+
+
+def model_positions(model: ScaleWiseGenerator) -> list[int]:
+    """Token positions of each of the model's scales (what compute accounting counts)."""
+    return [model.positions(s) for s in range(model.num_scales)]
 
 
 def chosen_codes(codes: np.ndarray, choices: Sequence[Choice]) -> np.ndarray:

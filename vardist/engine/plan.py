@@ -9,19 +9,20 @@ the same images.
 
 from __future__ import annotations
 
+import glob
 import math
 import numbers
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
 
-from vardist.engine import BANDWIDTHS
+from vardist.engine import BANDWIDTHS, POOL_SAMPLINGS  # the torch-free copy (engine/__init__)
 from vardist.io.conditions import InputError
 from vardist.io.outputs import human_size
 from vardist.models.interface import Sampling
-from vardist.models.sampling import POOL_SAMPLINGS
 from vardist.selection import METHODS as KDE_METHODS
 from vardist.selection import METRICS, STRATEGIES
 
@@ -180,17 +181,42 @@ def check_plan_size(num_conditions: int, samples: int, kind: str = "class") -> i
     return total
 
 
-def memory_budget(device: str | None) -> tuple[int, str]:
-    """(bytes, what they are) a run may use on `device`: a CUDA device's total memory, else
-    the machine's physical memory. Read before any model loads."""
+# Device files that exist wherever torch can see a GPU through its CUDA API: the NVIDIA driver's
+# (/dev/nvidia0.., /proc/driver/nvidia), ROCm's (/dev/kfd) and WSL 2's GPU bridge (/dev/dxg).
+_GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_ruled_out() -> bool:
+    """True when torch.cuda.is_available() must be False here, known without importing torch
+    (2 s, most of a refusal's time): macOS, or Linux with none of the GPU device files. False
+    means only "ask torch"."""
+    if sys.platform == "darwin":
+        return True
+    return sys.platform.startswith("linux") and not any(glob.glob(p) for p in _GPU_DEVICE_FILES)
+
+
+def device_type(device: str | None) -> str:
+    """The type of the device a run uses ("cuda:1" -> "cuda"); for None, what a model load
+    picks: cuda when torch sees a GPU, else cpu. torch is imported only where a GPU may be."""
+    if device is not None:
+        return device.split(":")[0]
+    if cuda_ruled_out():
+        return "cpu"
     import torch
 
-    if device is None and torch.cuda.is_available():
-        device = "cuda"
-    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
-        dev = torch.device(device)
-        props = torch.cuda.get_device_properties(dev.index or 0)
-        return props.total_memory, f"the {human_size(props.total_memory)} of GPU {props.name}"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def memory_budget(device: str | None) -> tuple[int, str]:
+    """(bytes, what they are) a run may use on `device`: a CUDA device's total memory, else
+    the machine's physical memory. Read before any model loads; without torch for the CPU."""
+    if device_type(device) == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            dev = torch.device(device or "cuda")
+            props = torch.cuda.get_device_properties(dev.index or 0)
+            return props.total_memory, f"the {human_size(props.total_memory)} of GPU {props.name}"
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return total, f"the {human_size(total)} of this machine's memory"
 

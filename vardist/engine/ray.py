@@ -267,7 +267,7 @@ class Generator:
 
         t0 = time.perf_counter()
         prefix_np, codes = [p.unpack() for p in prefix], chosen.unpack()
-        if self.verify is None:
+        if self.verify is None or choices is None:  # (a Study's actors verify searches only)
             images, maps = await self._on(self._device, pipeline.continue_batch, self.model,
                                           items, settings, prefix_np, codes)
         else:
@@ -327,7 +327,8 @@ class Generator:
             raise self.load_error
         numerics = await self._on(self._device, pipeline.replica_numerics, self.model)
         return {"pid": os.getpid(), "gpu_ids": ray.get_gpu_ids(),
-                "threads": numerics["threads"], "numerics": numerics}
+                "threads": numerics["threads"], "numerics": numerics,
+                "positions": pipeline.model_positions(self.model)}  # compute accounting
 
 
 # --- the selection stage ------------------------------------------------------------------
@@ -707,6 +708,7 @@ class _Stage:
         self.load = [0] * len(actors.handles)
         self.max_open = len(actors.handles) * (depth + 1)
         self.redone = 0
+        self.positions: list[int] = []  # per scale, from the actors (_pin_numerics)
 
     def drive(self, batches: Iterable[_Task]) -> None:
         # PNG writes (encoded by the actors) and log parts run on one helper thread, in order,
@@ -728,6 +730,7 @@ class _Stage:
             # is also its type (FileNotFoundError: a verifier's weights missing on that node)
             raise getattr(e, "cause", e) from None  # the file and why, without Ray's traceback
         numerics = [i["numerics"] for i in infos]
+        self.positions = infos[0]["positions"]  # the run log's compute columns (_record)
         odd = next((i for i, n in enumerate(numerics) if n != numerics[0]), None)
         if odd is not None:
             from vardist.io.conditions import InputError
@@ -815,8 +818,12 @@ class _Stage:
         return [it.seed for it in task.batch]
 
     def _record(self, task: _Task, msg: FinishMsg) -> None:
+        from vardist.engine import pipeline
+
         sel = task.selected  # None for a search across scales: its choices come with msg
         choices = msg.choices if msg.choices is not None else sel.choices
+        choices = pipeline.with_compute(choices, self.positions, self.job.settings.scale,
+                                        bool(self.job.verifier))
         for r in self.recorder.record(task.bi, task.batch, choices, msg.images,
                                       [m.unpack() for m in msg.maps],
                                       sel.pool_seconds if sel else 0.0, msg.seconds,

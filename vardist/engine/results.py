@@ -42,8 +42,9 @@ class Result:
     # with a verifier: the kept image's reward; continuations: images finished for this one
     reward: float | None = None
     continuations: int = 1
-    # search across scales: the kept candidate at each searched scale, and the image's compute
-    # (forward_tokens, previews, verifier_calls); None for one-scale search
+    # search across scales: the kept candidate at each searched scale (None for one-scale
+    # search); the image's compute (forward_tokens, previews, verifier_calls), for every search
+    # (None only for images an earlier run logged without it)
     lineage: list[int] | None = None
     compute: dict[str, int] | None = None
 
@@ -77,6 +78,7 @@ class SearchResults(list):
 
 
 STAGES = ("pool", "select", "finish", "write")
+COMPUTE_COLUMNS = ("forward_tokens", "previews", "verifier_calls")  # Result.compute's keys
 
 
 class TodoBatches(Sequence):
@@ -247,18 +249,22 @@ class Recorder:
         if not self.log or not done:
             return []
         cols = ["condition_index", "sample_index", "seed", "path", "chosen", "branch",
-                "density_max", "density_mean", "density_chosen", "reward", "continuations"]
+                "density_max", "density_mean", "density_chosen", "reward", "continuations",
+                "lineage", *COMPUTE_COLUMNS]
         rows = self.log.rows().select(cols).to_pydict()
         conditions = self.job.conditions
         out = []
-        for ci, si, seed, path, chosen, branch, dmax, dmean, dchosen, reward, conts in zip(
-                *(rows[c] for c in cols)):
+        for ci, si, seed, path, chosen, branch, dmax, dmean, dchosen, reward, conts, lineage, \
+                *spent in zip(*(rows[c] for c in cols)):
             i = done.get((ci, si))
             if i is not None:
                 it = WorkItem(i, ci, si, conditions[i // self.job.samples][1], seed)
                 out.append(Result(it, chosen, branch, dmax, dmean, dchosen,
                                   path=self.out / path, resumed=True, reward=reward,
-                                  continuations=1 if conts is None else conts))
+                                  continuations=1 if conts is None else conts, lineage=lineage,
+                                  # logs written before every run logged compute: None
+                                  compute=None if None in spent else
+                                  dict(zip(COMPUTE_COLUMNS, spent))))
         return out
 
     def pin_numerics(self, numerics: dict[str, Any]) -> None:
@@ -294,10 +300,12 @@ def _verifier_columns(job: Job, ch: Choice) -> dict[str, Any]:
 
 
 def _search_columns(job: Job, ch: Choice) -> dict[str, Any]:
-    """The run log's search-across-scales columns of one image (runlog.ROW_SCHEMA)."""
-    if job.search is None:
-        return {}
-    return {"search": job.search, "lineage": ch.lineage, **(ch.compute or {})}
+    """The run log's compute columns of one image (every search) and search-across-scales
+    columns (a schedule's runs only; runlog.ROW_SCHEMA)."""
+    cols: dict[str, Any] = dict(ch.compute or {})
+    if job.search is not None:
+        cols.update(search=job.search, lineage=ch.lineage)
+    return cols
 
 
 def _tag(raw_line: str) -> str | None:

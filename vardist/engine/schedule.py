@@ -14,6 +14,11 @@ last step keeps 1 (the image written per sample). `tts-var` expands, for a model
 to TTS-VAR's shrinking population 8 8 6 6 6 4 2 2 2 1 1 1 1 (resampled onto S scales), one
 candidate per member, KMeans pruning at the first third of the scales and reward resampling
 after.
+
+Rules that read images decode one item's candidate previews at a time, `preview_chunk(H, W)`
+at most at once: a budget of PREVIEW_PIXELS = 2^22 pixels per decode batch, between 1 and
+PREVIEW_CHUNK = 256 (256 up to 128 x 128, 64 at 256 x 256, 4 at 1024 x 1024), fixed by the
+output size so a preview's bytes never depend on the machine or the batch.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ NEEDS_VERIFIER = ("reward", "resample")
 PRESETS = ("tts-var",)
 # TTS-VAR's --bs_sis for Infinity's 13 scales: the population at each scale
 TTS_VAR_POPULATION = (8, 8, 6, 6, 6, 4, 2, 2, 2, 1, 1, 1, 1)
+
+# Candidate previews decoded at once (engine.multiscale): one item's candidates, at most
+# preview_chunk(H, W) of them, are decoded together (`model.preview_candidates`: a copy of the
+# accumulated latent per candidate and one decode batch; no KV cache is copied). The chunk is
+# arithmetic on the output size, the same on every machine, so bytes never depend on the
+# hardware or on which items share a batch: a budget of PREVIEW_PIXELS pixels per decode
+# batch, capped at PREVIEW_CHUNK. 2^22 pixels keep 256 up to 128 x 128 (toy-digits, toy-shapes:
+# their bytes are as before), and give 64 at 256 x 256 (VAR-d16..d30, FlexVAR, the 256 px
+# fixtures), 16 at 512 x 512 and 4 at 1024 x 1024 (Infinity): about 10 GB of VAE decode per
+# chunk by the memory planner's estimate for VAR-d16, VAR-d36 and Infinity-2B alike.
+PREVIEW_CHUNK = 256
+PREVIEW_PIXELS = 2 ** 22
 
 _STEP = re.compile(r"^(?:(?P<rule>[a-z-]+):)?(?P<pop>\d+)@(?P<scale>\d+)(?:/(?P<cands>\d+))?$")
 
@@ -124,3 +141,46 @@ def tts_var(num_scales: int) -> SearchSchedule:
     steps = [SearchStep("cluster" if s <= coarse else "resample", pop[s + 1], s, pop[s])
              for s in range(num_scales) if pop[s + 1] < pop[s] or (s == 0 and pop[0] > 1)]
     return SearchSchedule(tuple(steps))
+
+
+def preview_chunk(image_hw: tuple[int, int] | None) -> int:
+    """Previews of one item's candidates decoded at once for images of image_hw = (H, W):
+    PREVIEW_PIXELS // (H * W), between 1 and PREVIEW_CHUNK; PREVIEW_CHUNK when the size is not
+    known (a model object that does not state `image_hw`)."""
+    if image_hw is None:
+        return PREVIEW_CHUNK
+    h, w = (int(v) for v in image_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got {h} x {w}")
+    return max(1, min(PREVIEW_CHUNK, PREVIEW_PIXELS // (h * w)))
+
+
+@dataclass(frozen=True)
+class StepMembers:
+    """What one step of a schedule holds per item (engine.multiscale's arithmetic)."""
+
+    scale: int
+    before: int     # members entering the step
+    draws: int      # candidates each of them draws (the most any one draws)
+    after: int      # members kept after it
+    previews: int   # candidate previews decoded at once (0: the rule decodes none)
+
+
+def step_members(schedule: SearchSchedule, n: int, previews: bool,
+                 image_hw: tuple[int, int] | None = None) -> list[StepMembers]:
+    """Per step, the members per item and what they draw, by the arithmetic engine.multiscale
+    follows: the item's candidates are split over its members (each draws at least one); a
+    rule keeps at most its candidates (resample draws POP with replacement); `reward` and
+    `resample` decode a preview per candidate, one item's chunk of preview_chunk(image_hw) at
+    a time, and `cluster` does when `previews` (a verifier whose image tower it may read).
+    Used to plan memory before a model loads (vardist.models.memory.estimate_population)."""
+    chunk = preview_chunk(image_hw)
+    out, before = [], 1
+    for st in schedule.steps:
+        total = max(schedule.candidates(st, n), before)
+        after = st.population if st.rule == "resample" else min(st.population, total)
+        decoded = st.rule in NEEDS_VERIFIER or (st.rule == "cluster" and previews)
+        out.append(StepMembers(st.scale, before, -(-total // before), after,
+                               min(total, chunk) if decoded else 0))
+        before = after
+    return out

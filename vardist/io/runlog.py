@@ -57,9 +57,11 @@ ROW_SCHEMA = pa.schema([
     ("verifier", pa.string()), ("rerank", pa.int64()), ("reward", pa.float64()),
     ("reranked", pa.list_(pa.int64())), ("rerank_rewards", pa.list_(pa.float64())),
     ("continuations", pa.int64()),
-    # search across scales (engine.multiscale; null for one-scale search): the schedule, the
-    # kept candidate at each searched scale, and the item's compute: token positions through
-    # the transformer, intermediate images decoded, images the verifier scored
+    # search across scales (engine.multiscale; null for one-scale search): the schedule and the
+    # kept candidate at each searched scale; then every search's compute for the image (null
+    # only in logs written before it was logged): token positions through the transformer,
+    # intermediate images decoded, images the verifier scored (engine.pipeline.
+    # one_scale_compute: the same counting for one-scale and plain runs)
     ("search", pa.string()), ("lineage", pa.list_(pa.int64())), ("forward_tokens", pa.int64()),
     ("previews", pa.int64()), ("verifier_calls", pa.int64()),
     # which run wrote the row, when and where; GenEval's category of the prompt (its "tag")

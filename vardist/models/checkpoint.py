@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a file is read: the error classes need none of it
+    import torch
+    from torch import nn
 
 
 class CheckpointError(ValueError):
@@ -95,6 +96,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch(path: Path, size: int) -> Any:
+    import torch
+
     try:
         with torch.serialization.safe_globals(list(ALLOW_LIST)), warnings.catch_warnings():
             # torch warns about a pickle protocol it may not read; the error below says it all

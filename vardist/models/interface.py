@@ -21,6 +21,8 @@ Search across scales keeps a population of partial generations and looks at them
     images = model.preview(state)                       # uint8 [B, H, W, 3]: the latent so far, decoded
     pop = model.fork(state, [0, 0, 1])                  # member i continues item index[i] of state
     model.advance(pop, codes)                           # members then go their own ways
+    shots = model.preview_candidates(state, rows, codes)  # candidate i: item rows[i] + codes[i],
+                                                        # decoded; no KV cache copied, state kept
 
 `fork` copies the family's cache rows (KV cache, accumulated latent, pending logits), so members
 that share a prefix never recompute it; a family without a cheaper way falls back to `resume`.
@@ -40,9 +42,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is made: checking input needs none of it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,44 @@ class ScaleWiseGenerator(ABC):
         raise NotImplementedError(f"{type(self).__name__} ({self.family}) has no preview(); "
                                   f"implement it to decode its accumulated latent")
 
+    def preview_candidates(self, state: GenState, rows: Sequence[int] | torch.Tensor,
+                           codes: torch.Tensor) -> torch.Tensor:
+        """Previews of candidates for scale state.next_scale without forking the KV cache:
+        candidate i is item rows[i] of `state` advanced by codes[i] (codes [len(rows), P,
+        *code_shape], the shape `advance` takes), decoded as `preview` does: uint8 RGB
+        [len(rows), H, W, 3] on the CPU, byte for byte what `fork(state, rows)`, `advance(.,
+        codes)` and `preview` give for the same batch shape. `state` is left as it was. This default is that
+        fork, advance and preview (each candidate copies its item's whole state); the families
+        apply the codes to a copy of the accumulated latent alone and decode it."""
+        rows, codes = self.check_candidates(state, rows, codes)
+        st = self.fork(state, rows)
+        self.advance(st, codes)
+        return self.preview(st)
+
+    def check_candidates(self, state: GenState, rows: Sequence[int] | torch.Tensor,
+                         codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The checked part of `preview_candidates` the families share: (rows as a CPU int64
+        tensor of item positions, codes as a tensor); raises ValueError naming a bad argument."""
+        import torch
+
+        s = state.next_scale
+        if s >= self.num_scales:
+            raise ValueError(f"all {self.num_scales} scales are done; there is no scale to "
+                             f"preview candidates of")
+        _, r = self.fork_shell(GenState(state.conditions, state.seeds, state.sampling), rows)
+        codes = torch.as_tensor(codes)
+        want = (len(r), self.positions(s), *self.code_shape)
+        if tuple(codes.shape) != want or codes.is_floating_point():
+            raise ValueError(f"preview_candidates at scale {s} needs integer codes {list(want)} "
+                             f"(one map per row), got {codes.dtype} {tuple(codes.shape)}")
+        return r, codes
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """(H, W) of the images `finish` and `preview` return, read from the configs (no
+        decode); None when a model does not say (the preview chunk then keeps its cap)."""
+        return None
+
     def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,
              seeds: Sequence[int] | None = None) -> GenState:
         """A new state of len(index) members: member i continues item index[i] of `state` (an
@@ -195,6 +236,8 @@ class ScaleWiseGenerator(ABC):
                    seeds: Sequence[int] | None = None) -> tuple[GenState, torch.Tensor]:
         """The checked part of `fork` every family shares: (the forked state with conditions,
         seeds and maps selected but no cache, the selected item rows as a CPU int64 tensor)."""
+        import torch
+
         B = state.batch_size
         rows = torch.as_tensor(index)
         if rows.ndim != 1 or rows.numel() == 0 or rows.is_floating_point() or rows.dtype == torch.bool:

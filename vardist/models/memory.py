@@ -74,6 +74,7 @@ class Footprint:
     kv_bytes_cuda: int                   # bytes per cached K / V element on a GPU
     guidance_always: bool                # two rows per item whatever the cfg
     text_part: str | None = None         # the weights entry of a text encoder (with_text_device)
+    latent_values: int = 0               # floats of one image's accumulated latent (a preview's copy)
 
     @property
     def params(self) -> int:
@@ -147,7 +148,8 @@ def footprint_from_configs(configs: Sequence[Any], num_scales: int | None = None
         return Footprint("var", parts, cfg.depth,
                          cfg.embed_dim, round(cfg.embed_dim * cfg.mlp_ratio),
                          tuple(p * p for p in cfg.patch_nums), cfg.vocab_size, 1, (side, side),
-                         vae_cfg.ch * vae_cfg.ch_mult[0], 4, True)
+                         vae_cfg.ch * vae_cfg.ch_mult[0], 4, True,
+                         latent_values=cfg.Cvae * cfg.patch_nums[-1] ** 2)  # f_hat
     if "FlexVARConfig" in kinds:
         from vardist.models.flexvar.tokenizer import FlexVAE
         from vardist.models.flexvar.transformer import DEFAULT_SCHEDULE, FlexVARTransformer
@@ -160,7 +162,8 @@ def footprint_from_configs(configs: Sequence[Any], num_scales: int | None = None
         return Footprint("var", parts, cfg.depth,
                          cfg.embed_dim, round(cfg.embed_dim * cfg.mlp_ratio),
                          tuple(s * s for s in sides), cfg.vocab_size, 1, (side, side),
-                         vae_cfg.ch * vae_cfg.ch_mult[0], 4, True)
+                         vae_cfg.ch * vae_cfg.ch_mult[0], 4, True,
+                         latent_values=cfg.Cvae * sides[-1] ** 2)  # the resized code map
     if "InfinityConfig" in kinds:
         from vardist.models.infinity.bsq_vae import BSQVAE
         from vardist.models.infinity.schedules import PN_SCALES, scale_schedule
@@ -184,7 +187,9 @@ def footprint_from_configs(configs: Sequence[Any], num_scales: int | None = None
         return Footprint("infinity", tuple(weights), cfg.depth, cfg.embed_dim, cfg.ffn_hidden,
                          tuple(a * b for a, b in sched), 2 * cfg.d_vae, cfg.d_vae,
                          (px * h, px * w), vae_cfg.base_ch * vae_cfg.ch_mult[0], 2, False,
-                         text.name if text is not None else None)
+                         text.name if text is not None else None,
+                         # the code sum on the VAE grid: bits x (patch h) x (patch w)
+                         latent_values=cfg.vae_bits * cfg.patch ** 2 * h * w)
     raise ValueError(f"no memory model for the configs {sorted(kinds)}; known: VARConfig, "
                      f"FlexVARConfig, InfinityConfig")
 
@@ -224,13 +229,44 @@ def estimate(fp: Footprint, *, batch: int, n: int, scale: int, cfg: float = 1.0,
     logits = rows * p * fp.logits_per_position * 4 * 2          # fp32 logits + probabilities
     # candidates: ids / bits of every item's pool, plus a chunk of fp64 uniforms being drawn
     cands = batch * n * p * fp.code_values * 8 + batch * min(n, DRAW_CHUNK) * p * fp.code_values * 8
-    last = fp.tokens[-1]
-    transients = rows * last * (fp.ffn_hidden + 4 * fp.embed_dim) * act \
-        + rows * last * fp.logits_per_position * 4
+    transients = _activations(fp, rows, fp.tokens[-1], act)
     h, w = fp.image_hw
     decode = batch * 4 * fp.decoder_channels * h * w * 4  # ~4 fp32 maps alive at full resolution
     return MemoryPlan(weights, kv, logits + cands, transients, decode,
                       RESERVE_BYTES if gpu else 0)
+
+
+def _activations(fp: Footprint, rows: int, tokens: int, act_bytes: int) -> int:
+    """The largest activations of one forward pass over `tokens` positions of `rows` rows
+    (the FFN's hidden layer and attention's q, k, v, out), with their fp32 logits."""
+    return rows * tokens * (fp.ffn_hidden + 4 * fp.embed_dim) * act_bytes \
+        + rows * tokens * fp.logits_per_position * 4
+
+
+def estimate_population(fp: Footprint, *, batch: int, steps: Sequence[Any], cfg: float = 1.0,
+                        device: str = "cuda") -> MemoryPlan:
+    """Bytes for one replica searching across scales (engine.multiscale) on `batch` items:
+    the larger of plain generation of the batch and the peak step, which holds the members
+    entering it (each a KV cache of the whole schedule, as `estimate` counts an item), their
+    candidates, and the members it keeps (forked: a KV cache each), plus the larger of the
+    forward pass at that scale and one item's chunk of candidate previews
+    (`preview_candidates`: a copy of the accumulated latent and a decode each, no KV cache;
+    the forward pass is over before they decode). steps: per item, each with scale, before,
+    draws, after and previews (engine.schedule.step_members)."""
+    plain = estimate(fp, batch=batch, n=1, scale=len(fp.tokens) - 1, cfg=cfg, device=device)
+    one = estimate(fp, batch=1, n=1, scale=0, cfg=cfg, device=device)  # an item's KV, decode
+    guided = 2 if fp.guidance_always or cfg != 1.0 else 1
+    act = fp.kv_bytes_cuda if device.split(":")[0] == "cuda" else 4
+    worst = plain
+    for st in steps:
+        here = estimate(fp, batch=batch * st.before, n=st.draws, scale=st.scale, cfg=cfg,
+                        device=device)
+        forward = _activations(fp, guided * batch * st.before, fp.tokens[st.scale], act)
+        previews = st.previews * (4 * fp.latent_values + one.decode)  # fp32 latent copies
+        plan = MemoryPlan(here.weights, here.kv_cache + batch * st.after * one.kv_cache,
+                          here.pool, max(forward, previews), plain.decode, here.reserve)
+        worst = max(worst, plan, key=lambda p: p.total)
+    return worst
 
 
 def largest_batch(fp: Footprint, capacity: int, *, n: int, scale: int, cfg: float = 1.0,

@@ -159,7 +159,7 @@ def _locate(spec: ModelSpec, fname: str, roots: list[Path]) -> tuple[str, Path] 
             if hit is not None:
                 return name, hit
     for name in names:
-        hit = _find_in_hf_cache(spec.hf_repos, name, roots)
+        hit = find_in_hf_cache(spec.hf_repos, name, roots)
         if hit is not None:
             return name, hit
     return None
@@ -173,9 +173,10 @@ def _find_in_roots(roots: list[Path], fname: str) -> Path | None:
     return None
 
 
-def _find_in_hf_cache(repos: tuple[str, ...], fname: str, roots: list[Path]) -> Path | None:
-    """`fname` from the cached snapshot (refs/main) of one of `repos`: in a weights folder that
-    is (or holds, under hub/) a Hugging Face cache, then in the user's own cache."""
+def find_in_hf_cache(repos: tuple[str, ...], fname: str, roots: list[Path]) -> Path | None:
+    """`fname` from the cached snapshot (refs/main) of one of `repos`: in a weights folder of
+    `roots` that is (or holds, under hub/) a Hugging Face cache, then in the user's own cache.
+    Offline; None when not cached. (Model and verifier weights are both found through it.)"""
     if not repos:
         return None
     caches: list[Path | None] = [c for root in roots for c in (root, root / "hub")
@@ -238,9 +239,10 @@ def sampled_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _describe(path: Path) -> str:
-    """'SIZE bytes, sampled sha256 HEX' of a file; for a folder (T5, shards), the same over
-    every file in it, by relative path."""
+def describe_weights(path: Path) -> str:
+    """'SIZE bytes, sampled sha256 HEX' of a weights file; for a folder (T5, shards), the same
+    over every file in it, by relative path: what a run's fingerprint records of each file
+    (model weights here, verifier weights in vardist.verifiers)."""
     if path.is_file():
         return f"{path.stat().st_size} bytes, sampled sha256 {sampled_digest(path)}"
     files = sorted(p for p in path.rglob("*") if p.is_file())
@@ -257,13 +259,14 @@ def weights_identity(spec: ModelSpec, weights_dir: str | Path | None) -> dict[st
     is refused naming the file that changed. A fixture model: its fixture folder."""
     if spec.fixture_dir is not None:
         folder = spec.fixture_dir()
-        return {f"weights (fixture) {p.name}": _describe(p) for p in sorted(folder.iterdir())
+        return {f"weights (fixture) {p.name}": describe_weights(p)
+                for p in sorted(folder.iterdir())
                 if p.is_dir() or p.suffix in (".pth", ".safetensors", ".json")}
     found = _resolve(spec, weights_dir)
     if found is None:
         raise missing_weights_error(spec, weights_dir)
     # keyed by the name found under: a switch between a file's forms is a change of weights
-    return {f"weights {name}": _describe(path) for name, path in found.values()}
+    return {f"weights {name}": describe_weights(path) for name, path in found.values()}
 
 
 def missing_weights_error(spec: ModelSpec, weights_dir: str | Path | None) -> FileNotFoundError:

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import torch
+
+# torch is imported where a verifier loads or scores: finding weights (a run's checks before
+# anything loads) and the CLI's error classes need none of it
+if TYPE_CHECKING:
+    import torch
 
 CONDITION_KINDS = ("class", "prompt", "any")
 
@@ -81,7 +85,8 @@ def register(spec: VerifierSpec) -> VerifierSpec:
 
 
 def specs() -> dict[str, VerifierSpec]:
-    from vardist.verifiers import clip, hps, image_reward, toy  # noqa: F401 (built-ins)
+    # the built-ins' entries: data and lazy builders, so listing or checking imports no torch
+    import vardist.verifiers.builtin  # noqa: F401
 
     return dict(sorted(_REGISTRY.items()))
 
@@ -113,14 +118,14 @@ def _where(weights: str | Path | None) -> str:
 
 
 def _locate(req: Requirement, roots: list[Path]) -> Path | None:
-    from vardist.models.registry import _find_in_hf_cache
+    from vardist.models.registry import find_in_hf_cache
 
     for root in roots:  # a folder's content is checked against `needs` by the caller
         path = root / req.name
         if path.is_dir() if req.repo is not None else path.is_file():
             return path
     if req.repo is not None:
-        return _find_in_hf_cache((req.repo,), req.name, roots)
+        return find_in_hf_cache((req.repo,), req.name, roots)
     return None
 
 
@@ -164,15 +169,17 @@ def find_weights(spec: VerifierSpec, weights: str | Path | None) -> dict[str, Pa
 def weights_identity(spec: VerifierSpec, weights: str | Path | None) -> dict[str, str]:
     """"verifier weights NAME" -> size and sampled hash of each file or folder the verifier
     reads (for a run's resume fingerprint: other weights, other rewards)."""
-    from vardist.models.registry import _describe
+    from vardist.models.registry import describe_weights
 
-    return {f"verifier weights {name}": _describe(path)
+    return {f"verifier weights {name}": describe_weights(path)
             for name, path in find_weights(spec, weights).items()}
 
 
 def load(name: str, weights: str | Path | None = None, device: str | torch.device | None = None
          ) -> Verifier:
     """A built-in verifier with its weights on `device` (default: CUDA when there is one)."""
+    import torch
+
     spec = get_spec(name)
     files = find_weights(spec, weights)  # before anything loads: a missing file is named here
     dev = torch.device(device if device is not None else
@@ -211,6 +218,8 @@ class BatchedVerifier:
 
     def __init__(self, name: str, condition_kind: str, device: torch.device,
                  batch_size: int = 32) -> None:
+        import torch
+
         self.name, self.condition_kind = name, condition_kind
         self.device, self.batch_size = torch.device(device), batch_size
 
@@ -234,6 +243,8 @@ class BatchedVerifier:
 
 def check_images(images: Any) -> np.ndarray:
     """uint8 [N, H, W, 3] as a numpy array, or ValueError naming what was given."""
+    import torch
+
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     images = np.asarray(images)

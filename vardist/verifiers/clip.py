@@ -23,15 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vardist.verifiers.base import BatchedVerifier, Requirement, VerifierSpec, register
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
-CLIP_L = "openai/clip-vit-large-patch14"
-CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-PICKSCORE = "yuvalkirstain/PickScore_v1"
-AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
-AESTHETIC_SOURCE = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
+from vardist.verifiers.base import BatchedVerifier
+# the specs (clip, pickscore, aesthetic) are in vardist.verifiers.builtin, which names the files
+from vardist.verifiers.builtin import AESTHETIC_FILE, CLIP_H, CLIP_L, PICKSCORE, WEIGHT_FILES
 
 
 def load_clip(folder: Path, device: torch.device) -> nn.Module:
@@ -167,27 +161,3 @@ def _build_aesthetic(files: dict[str, Path], device: torch.device) -> Aesthetic:
                what=f"the LAION aesthetic predictor ({files[AESTHETIC_FILE]})")
     return Aesthetic(ClipEmbedder(model, load_processor(folder, text=False)[0], None, device),
                      head.eval().to(device), device)
-
-
-_MODEL = (("config.json",), WEIGHT_FILES)
-_PROCESSOR = (("preprocessor_config.json",), TOKENIZER_FILES)
-
-register(VerifierSpec(
-    name="clip", condition_kind="prompt",
-    description=f"CLIPScore: max(100 cos(image, prompt), 0) with {CLIP_L}",
-    requires=(Requirement.hf(CLIP_L, *_MODEL, *_PROCESSOR),), build=_build_clip))
-
-register(VerifierSpec(
-    name="pickscore", condition_kind="prompt",
-    description=f"PickScore: logit_scale x cos(image, prompt) with {PICKSCORE} and the CLIP-H "
-                f"processor",
-    requires=(Requirement.hf(PICKSCORE, *_MODEL), Requirement.hf(CLIP_H, *_PROCESSOR)),
-    build=_build_pickscore))
-
-register(VerifierSpec(
-    name="aesthetic", condition_kind="any",
-    description=f"LAION aesthetic predictor: its MLP ({AESTHETIC_FILE}) on the {CLIP_L} image "
-                f"embedding",
-    requires=(Requirement.hf(CLIP_L, *_MODEL, ("preprocessor_config.json",)),
-              Requirement(AESTHETIC_FILE, AESTHETIC_SOURCE)),
-    build=_build_aesthetic))

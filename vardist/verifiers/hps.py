@@ -21,12 +21,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from vardist.verifiers.base import BatchedVerifier, Requirement, VerifierSpec, register
-from vardist.verifiers.clip import (CLIP_H, TOKENIZER_FILES, ClipEmbedder, cosine,
-                                    load_processor)
-
-HPS_FILE = "HPS_v2.1_compressed.pt"
-HPS_SOURCE = "https://huggingface.co/xswu/HPSv2 (from github.com/tgxs002/HPSv2)"
+from vardist.verifiers.base import BatchedVerifier
+# the spec (hpsv2) is in vardist.verifiers.builtin, which names the files
+from vardist.verifiers.builtin import CLIP_H, HPS_FILE
+from vardist.verifiers.clip import ClipEmbedder, cosine, load_processor
 
 # open_clip residual block names -> transformers CLIPEncoderLayer names (in_proj is split)
 _BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
@@ -123,14 +121,4 @@ def _build(files: dict[str, Path], device: torch.device) -> HPSv2:
     folder = files[CLIP_H.rsplit("/", 1)[-1]]
     model = load_hps_model(folder, files[HPS_FILE], device)
     return HPSv2(ClipEmbedder(model, *load_processor(folder), device), device)
-
-
-register(VerifierSpec(
-    name="hpsv2", condition_kind="prompt",
-    description=f"HPS v2.1: cos(image, prompt) with {HPS_FILE} (open_clip ViT-H-14) on "
-                f"transformers' CLIPModel, the {CLIP_H} config and processor",
-    requires=(Requirement.hf(CLIP_H, ("config.json",), ("preprocessor_config.json",),
-                             TOKENIZER_FILES),
-              Requirement(HPS_FILE, HPS_SOURCE)),
-    build=_build))
 

@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from vardist.verifiers.base import BatchedVerifier, Requirement, VerifierSpec, register
+from vardist.verifiers.base import BatchedVerifier
+# the spec (image-reward) is in vardist.verifiers.builtin, which names the files
+from vardist.verifiers.builtin import BERT, IMAGE_REWARD_FILE, IMAGE_REWARD_REPO, MED_CONFIG
 from vardist.verifiers.clip import AestheticMLP
 
-REPO = "THUDM/ImageReward"
-CHECKPOINT, MED_CONFIG = "ImageReward.pt", "med_config.json"
-BERT = "google-bert/bert-base-uncased"
 MEAN, STD = 0.16717362830052426, 1.0333394966054072   # the authors' reward normalisation
 MAX_TOKENS = 35
 VISION_HEADS = 16        # BLIP ViT-L (not in the tensor shapes)
@@ -135,7 +134,7 @@ class ImageRewardModel(nn.Module):
 def load_image_reward(folder: Path, device: torch.device) -> ImageRewardModel:
     from vardist.models.checkpoint import load_exact, read_state_dict
 
-    path = folder / CHECKPOINT
+    path = folder / IMAGE_REWARD_FILE
     vision, text, head = split_checkpoint(read_state_dict(path, unwrap=("state_dict",)))
     if "embeddings.class_embedding" not in vision:
         raise ValueError(f"{path} holds no blip.visual_encoder.* tensors: is it ImageReward.pt?")
@@ -182,16 +181,7 @@ class ImageReward(BatchedVerifier):
 def _build(files: dict[str, Path], device: torch.device) -> ImageReward:
     from transformers import BertTokenizer
 
-    model = load_image_reward(files[REPO.rsplit("/", 1)[-1]], device)
+    model = load_image_reward(files[IMAGE_REWARD_REPO.rsplit("/", 1)[-1]], device)
     tokenizer = BertTokenizer.from_pretrained(files[BERT.rsplit("/", 1)[-1]],
                                               local_files_only=True)
     return ImageReward(model, tokenizer, device)
-
-
-register(VerifierSpec(
-    name="image-reward", condition_kind="prompt",
-    description="ImageReward v1.0: (MLP(BLIP text [CLS] x image) - mean) / std, on "
-                "transformers' BLIP classes",
-    requires=(Requirement.hf(REPO, (CHECKPOINT,), (MED_CONFIG,)),
-              Requirement.hf(BERT, ("vocab.txt",))),
-    build=_build))

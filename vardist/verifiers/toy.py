@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vardist.verifiers.base import BatchedVerifier, Requirement, VerifierSpec, register
-
-JUDGE_FILE = "judge.safetensors"  # vardist.zoo.specs.JUDGE_FILE (not imported: no model code)
+from vardist.verifiers.base import BatchedVerifier
+# the specs (toy-judge, toy-geneval) are in vardist.verifiers.builtin, which names the file
+from vardist.verifiers.builtin import JUDGE_FILE
 
 
 class ToyJudge(BatchedVerifier):
@@ -54,34 +54,9 @@ class ToyGenEval(BatchedVerifier):
                          for im, c in zip(images, conditions)])
 
 
-def _judge_dir() -> Path:
-    from vardist.zoo.specs import WEIGHTS_DIR
-
-    return WEIGHTS_DIR
+def _build_judge(files: dict[str, Path], device: torch.device) -> ToyJudge:
+    return ToyJudge(files[JUDGE_FILE], device)
 
 
-register(VerifierSpec(
-    name="toy-judge", condition_kind="class", models=("toy-digits",),
-    description="toy-digits: the zoo digit judge's probability of the requested class (shipped)",
-    requires=(Requirement(JUDGE_FILE, "a retrained judge: `vardist train toy-digits --out DIR` "
-                                      "writes it"),),
-    bundled_dir=_judge_dir,
-    build=lambda files, device: ToyJudge(files[JUDGE_FILE], device)))
-
-def _known_prompts(conditions: Sequence[Any]) -> None:
-    from vardist.zoo.shapes import make_eval_prompts
-
-    known = {r["prompt"] for r in make_eval_prompts()}
-    unknown = [c for c in conditions if not isinstance(c, dict) and c not in known]
-    if unknown:
-        raise ValueError(f"verifier 'toy-geneval' scores the toy GenEval prompts "
-                         f"(toy-geneval.jsonl); {len(unknown)} prompt(s) are not among them, "
-                         f"e.g. {unknown[0]!r}")
-
-
-register(VerifierSpec(
-    name="toy-geneval", condition_kind="prompt", models=("toy-shapes",),
-    check_conditions=_known_prompts,
-    description="toy-shapes: 1 when the image satisfies its prompt's GenEval record (toy "
-                "evaluator), else 0; needs no weights",
-    build=lambda files, device: ToyGenEval(device)))
+def _build_geneval(files: dict[str, Path], device: torch.device) -> ToyGenEval:
+    return ToyGenEval(device)

@@ -340,6 +340,23 @@ class ToyGenEvalMetric:
                          for im, c in zip(images, conditions)])
 
 
+def select_prompts(per_tag: int) -> list[dict]:
+    """The first `per_tag` evaluation prompts of each tag (0: all of them), in file order."""
+    from vardist.zoo.shapes import make_eval_prompts
+
+    records = make_eval_prompts()
+    if per_tag <= 0:
+        return records
+    return [r for t in TAGS for r in [r for r in records if r["tag"] == t][:per_tag]]
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap values (e.g. Scores.bootstrap(), or the
+    difference of two settings' bootstraps over the same resamples: a paired interval)."""
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def scores_from_rows(rows: list[dict], records: dict[str, dict], correct: str = "geneval"
                      ) -> Scores:
     """GenEval's numbers for study rows (one setting's): each row's condition_index is its

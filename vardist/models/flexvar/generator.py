@@ -23,16 +23,18 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from vardist.models.checkpoint import (CheckpointMismatch, load_exact, read_json_config,
                                        read_state_dict)
-from vardist.models.flexvar.tokenizer import FlexVAE, FlexVAEConfig
-from vardist.models.flexvar.transformer import (DEFAULT_SCHEDULE, TRAINED_SIDES, FlexVARConfig,
-                                                FlexVARTransformer, check_schedule)
+from vardist.models.flexvar.configs import (DEFAULT_SCHEDULE, TRAINED_SIDES, FlexVAEConfig,
+                                            FlexVARConfig, check_schedule,
+                                            configs_from_fixture)
+from vardist.models.flexvar.tokenizer import FlexVAE
+from vardist.models.flexvar.transformer import FlexVARTransformer
 from vardist.models.interface import GenState, Sampling, ScaleWiseGenerator
 from vardist.models.sampling import batch_uniforms, filter_top_k_top_p, item_stream, sample_tokens
 from vardist.models.var.generator import to_uint8
@@ -94,6 +96,10 @@ class FlexVARGenerator(ScaleWiseGenerator):
     @property
     def image_size(self) -> int:
         return self.sides[-1] * self.vae.cfg.downsample
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size)
 
     # ------------------------------------------------------------------ scale-wise interface
 
@@ -219,11 +225,23 @@ class FlexVARGenerator(ScaleWiseGenerator):
         the model uses for its next input, and decoded at full size; after the last scale no
         resize happens and the bytes are finish's."""
         self.check_preview(state)
-        z = self.vae.code_map(state.maps[-1].to(self.device))
+        return self._decode_map(state.maps[-1])
+
+    def _decode_map(self, idx: torch.Tensor) -> torch.Tensor:
+        """One scale's token maps [B, pn*pn] -> the preview of a latent that is that map alone."""
+        z = self.vae.code_map(idx.to(self.device))
         side = self.sides[-1]
         if z.shape[-1] != side:
             z = F.interpolate(z, size=(side, side), mode="bicubic")
         return _png_bytes(self.vae.decode_latent(z).float().cpu())
+
+    @torch.inference_mode()
+    def preview_candidates(self, state: GenState, rows: Sequence[int] | torch.Tensor,
+                           codes: torch.Tensor) -> torch.Tensor:
+        """FlexVAR's latent after a scale is that scale's map alone: each candidate's map is
+        decoded as `preview` decodes the latest one (no state is copied)."""
+        _, codes = self.check_candidates(state, rows, codes)
+        return self._decode_map(self._check_codes(codes, state.next_scale, len(codes)))
 
     @torch.inference_mode()
     def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,
@@ -360,29 +378,6 @@ def build(vae_cfg: FlexVAEConfig, var_cfg: FlexVARConfig, vae_path: str | Path,
     load_exact(tf, load_transformer_state(var_path), what=f"the FlexVAR d{var_cfg.depth} "
                f"transformer (vocab {var_cfg.vocab_size}) from {var_path}")
     return FlexVARGenerator(vae, tf, schedule=schedule, cfg_mode=cfg_mode, device=device)
-
-
-def configs_from_fixture(config: Mapping) -> tuple[FlexVAEConfig, FlexVARConfig, tuple[int, ...]]:
-    """Model configs and default schedule from a fixture's config.json (every size is read from
-    it, none assumed)."""
-    kw, der, tok = config["build_vae_var_kwargs"], config["flexvar_derived"], config["tokenizer"]
-    if kw.get("shared_aln") or not der.get("attn_l2_norm", True):
-        raise ValueError("only shared_aln=False and attn_l2_norm=True (the released setting) are supported")
-    if (tuple(tok["encoder_ch_mult"]) != tuple(tok["decoder_ch_mult"])
-            or tok.get("groupnorm_groups", 32) != 32):
-        raise ValueError("the tokenizer needs equal encoder/decoder ch_mult and 32 GroupNorm groups")
-    var_cfg = FlexVARConfig(depth=kw["depth"], vocab_size=kw["V"], Cvae=kw["Cvae"],
-                            num_classes=kw["num_classes"], mlp_ratio=der["ffn_hidden"] / der["C"],
-                            norm_eps=der["norm_eps"],
-                            pos_grid=der["pos_1LC_shape"][-1])
-    if (der["C"], der["num_heads"]) != (var_cfg.embed_dim, var_cfg.num_heads):
-        raise ValueError(f"fixture width/heads {der['C']}/{der['num_heads']} are not 64*depth/depth")
-    vae_cfg = FlexVAEConfig(codebook_size=tok["codebook_size"], embed_dim=tok["codebook_embed_dim"],
-                            ch=tok.get("encoder_decoder_ch_override") or 128,
-                            ch_mult=tuple(tok["encoder_ch_mult"]), z_channels=tok["z_channels"],
-                            num_res_blocks=tok["num_res_blocks"],
-                            show_usage=tok.get("codebook_show_usage", True))
-    return vae_cfg, var_cfg, tuple(config.get("default_schedule", DEFAULT_SCHEDULE))
 
 
 def from_fixture(folder: str | Path, *, schedule: Sequence[int] | None = None,

@@ -28,8 +28,7 @@ DEFAULTS = SearchDefaults(scale=2, n=50, strategy="var-scaling", alpha=2.6, rep=
 
 def official_configs(depth: int):
     """(FlexVAEConfig, FlexVARConfig) of the released tokenizer and FlexVAR-d{depth}."""
-    from vardist.models.flexvar.tokenizer import FlexVAEConfig
-    from vardist.models.flexvar.transformer import FlexVARConfig
+    from vardist.models.flexvar.configs import FlexVAEConfig, FlexVARConfig
 
     if depth not in VAR_FILES:
         raise ValueError(f"no released FlexVAR of depth {depth}; choose one of {sorted(VAR_FILES)}")
@@ -38,8 +37,8 @@ def official_configs(depth: int):
 
 def build(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
     """Builder for `vardist.models.load`; `schedule` (side lengths) defaults to the released 10 steps."""
+    from vardist.models.flexvar.configs import DEFAULT_SCHEDULE
     from vardist.models.flexvar.generator import build as build_generator
-    from vardist.models.flexvar.transformer import DEFAULT_SCHEDULE
 
     depth = int(spec.name.removeprefix("flexvar-d"))
     vae_cfg, var_cfg = official_configs(depth)
@@ -51,8 +50,8 @@ def build(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
 
 def build_tiny(spec: ModelSpec, files: dict[str, Path], device: str, schedule=None):
     from vardist.models.checkpoint import read_json_config
+    from vardist.models.flexvar.configs import configs_from_fixture
     from vardist.models.flexvar.generator import build as build_generator
-    from vardist.models.flexvar.generator import configs_from_fixture
 
     vae_cfg, var_cfg, default = configs_from_fixture(read_json_config(files["config.json"]))
     model = build_generator(vae_cfg, var_cfg, files["vae.pth"], files["var.pth"],

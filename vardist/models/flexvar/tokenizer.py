@@ -9,33 +9,17 @@ decoder levels indexed in processing order, separate q/k/v convs in attention).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vardist.models.flexvar.configs import FlexVAEConfig
 # The res blocks and resamplers are VAR's (same math, same key names); only the attention (separate
 # q/k/v convs) and the level / mid layout (`res.{j}`, `mid.{0,1,2}`) differ.
 from vardist.models.var.vqvae import Downsample, ResnetBlock, Upsample
 from vardist.models.var.vqvae import _norm as group_norm  # GroupNorm(32, eps 1e-6), as both releases
-
-
-@dataclass(frozen=True)
-class FlexVAEConfig:
-    codebook_size: int = 8912
-    embed_dim: int = 32                      # Cvae: width of a code vector
-    ch: int = 128                            # base width of encoder/decoder
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    z_channels: int = 256                    # encoder output / decoder input width
-    num_res_blocks: int = 2                  # encoder; the decoder has one more per level
-    show_usage: bool = True                  # the file then holds `quantize.codebook_used`
-    usage_len: int = 65536                   # length of that (training-only) usage log
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
 
 
 class AttnBlock(nn.Module):

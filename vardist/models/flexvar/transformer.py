@@ -13,57 +13,16 @@ VAR's, from `vardist.models.var.transformer`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# DEFAULT_SCHEDULE, TRAINED_SIDES: re-exported from their old home (vardist.models.memory reads one)
+from vardist.models.flexvar.configs import (DEFAULT_SCHEDULE, TRAINED_SIDES,  # noqa: F401
+                                            FlexVARConfig, check_schedule)
 from vardist.models.var.transformer import AdaLNBeforeHead, AdaLNSelfAttn, KVCache, block_causal_bias
-
-DEFAULT_SCHEDULE = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-# Sides FlexVAR was trained to sample at; the reference samples any other side (and sides above
-# max_pn) greedily.
-TRAINED_SIDES = frozenset({1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 23, 24, 32})
-
-
-@dataclass(frozen=True)
-class FlexVARConfig:
-    """Defaults follow the released builder: width = 64 * depth, heads = depth."""
-
-    depth: int = 16
-    vocab_size: int = 8912
-    Cvae: int = 32                   # width of the tokenizer's code vectors
-    num_classes: int = 1000          # + one null class (index num_classes) for CFG
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
-    pos_grid: int = 32               # side of the learned 2-D position map
-
-    def __post_init__(self) -> None:
-        if self.depth < 1 or self.vocab_size < 2 or self.num_classes < 1 or self.pos_grid < 1:
-            raise ValueError(f"invalid FlexVAR config {self}: need depth >= 1, vocab_size >= 2, "
-                             f"num_classes >= 1, pos_grid >= 1")
-
-    @property
-    def embed_dim(self) -> int:
-        return 64 * self.depth
-
-    @property
-    def num_heads(self) -> int:
-        return self.depth
-
-
-def check_schedule(sides: Sequence[int]) -> tuple[int, ...]:
-    """Validate a scale schedule (side lengths of square token maps) and return it as a tuple."""
-    try:
-        s = tuple(int(p) for p in sides)
-    except (TypeError, ValueError):
-        s = ()
-    if len(s) < 2 or s[0] != 1 or any(b <= a for a, b in zip(s, s[1:])):
-        raise ValueError(f"a FlexVAR schedule must start at 1, be strictly increasing and have at "
-                         f"least 2 scales (e.g. 1,2,3,4,5,6,8,10,13,16); got {sides!r}")
-    return s
 
 
 class FlexVARTransformer(nn.Module):

@@ -168,8 +168,9 @@ class InfinityGenerator(ScaleWiseGenerator):
         u = batch_uniforms(streams, m, P * d, device=flat.device)
         return sample_tokens(flat, u).reshape(B, m, P, d).to(torch.uint8)
 
-    def _check_codes(self, state: GenState, codes: torch.Tensor) -> torch.Tensor:
-        want = (state.batch_size, self.positions(state.next_scale), self.embed_dim)
+    def _check_codes(self, state: GenState, codes: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        want = (state.batch_size if rows is None else rows, self.positions(state.next_scale),
+                self.embed_dim)
         if tuple(codes.shape) != want:
             raise ValueError(f"codes for scale {state.next_scale} must have shape {want} "
                              f"([B, h*w, {self.embed_dim}] bits), got {tuple(codes.shape)}")
@@ -213,18 +214,21 @@ class InfinityGenerator(ScaleWiseGenerator):
     def _feed(self, state: GenState, codes: torch.Tensor) -> torch.Tensor | None:
         """Record scale next_scale's codes, add them to the code sum and return the next
         scale's input tokens [bs, P', C] (None after the last scale)."""
-        run, s, B = state.cache, state.next_scale, state.batch_size
-        h, w = self.schedule[s]
-        # the codes are normalised per 14-bit VAE cell, so unshuffle to the VAE grid first
-        vae_bits = unpatchify_bits(codes.to(self.device).view(B, h, w, -1), self.patch)
-        hw = bits_to_codes(vae_bits).permute(0, 3, 1, 2)
+        run, s = state.cache, state.next_scale
         nxt = self.vae_schedule[s + 1] if s + 1 < self.num_scales else None
-        run.summed, inp = next_scale_input(run.summed, hw, nxt, self.patch)
+        run.summed, inp = next_scale_input(run.summed, self._code_grid(codes, s), nxt, self.patch)
         state.maps.append(codes.cpu())
         if inp is None:
             return None
         x = self.transformer.word_embed(inp)
         return x.repeat(2, 1, 1) if run.guided else x
+
+    def _code_grid(self, codes: torch.Tensor, s: int) -> torch.Tensor:
+        """Scale s's bits [N, h*w, d] -> BSQ codes on the VAE grid [N, d / p^2, p*h, p*w]."""
+        h, w = self.schedule[s]
+        # the codes are normalised per 14-bit VAE cell, so unshuffle to the VAE grid first
+        vae_bits = unpatchify_bits(codes.to(self.device).view(len(codes), h, w, -1), self.patch)
+        return bits_to_codes(vae_bits).permute(0, 3, 1, 2)
 
     def finish(self, state: GenState) -> torch.Tensor:
         self.run_scales(state, self.num_scales)
@@ -240,6 +244,23 @@ class InfinityGenerator(ScaleWiseGenerator):
         # without freeing the KV cache
         self.check_preview(state)
         return to_uint8(self.vae.decode(state.cache.summed))
+
+    @torch.no_grad()
+    def preview_candidates(self, state: GenState, rows: Sequence[int] | torch.Tensor,
+                           codes: torch.Tensor) -> torch.Tensor:
+        """The code sum's rows plus each candidate's codes, decoded: `advance`'s sum (the same
+        ops on the same rows) with no KV cache or text conditioning copied."""
+        r, codes = self.check_candidates(state, rows, codes)
+        codes = self._check_codes(state, codes, len(r))
+        summed, _ = next_scale_input(state.cache.summed[r.to(self.device)],
+                                     self._code_grid(codes, state.next_scale), None, self.patch)
+        return to_uint8(self.vae.decode(summed))
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        H, W = self.vae_schedule[-1]
+        up = 2 ** (len(self.vae.cfg.ch_mult) - 1)  # the decoder's upsampling of the VAE grid
+        return (up * H, up * W)
 
     @torch.no_grad()
     def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,

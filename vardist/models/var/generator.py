@@ -213,6 +213,21 @@ class VARGenerator(ScaleWiseGenerator):
         return to_uint8(self._decode01(state.cache.f_hat))
 
     @torch.inference_mode()
+    def preview_candidates(self, state: GenState, rows: Sequence[int] | torch.Tensor,
+                           codes: torch.Tensor) -> torch.Tensor:
+        """f_hat's rows plus each candidate's map, decoded: what `advance` adds (`add_scale`,
+        the same ops on the same rows), with no KV cache copied and no transformer pass."""
+        r, codes = self.check_candidates(state, rows, codes)
+        with self._precision():
+            f_hat = self.vae.quantize.add_scale(state.cache.f_hat[r.to(self.device)],
+                                                state.next_scale, codes.long().to(self.device))
+        return to_uint8(self._decode01(f_hat.float()))
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size)
+
+    @torch.inference_mode()
     def fork(self, state: GenState, index: Sequence[int] | torch.Tensor,
              seeds: Sequence[int] | None = None) -> GenState:
         """Copies the members' rows of the KV cache (cond and uncond halves), f_hat, the next
