@@ -67,7 +67,7 @@ def tts_var_shape(p: int) -> str:
 
 
 ROWS = (("plain", "-", dict(strategy="none")),
-        *((f"density (scale 1)", f"n={n}", dict(n=n, scale=1)) for n in (8, 32, 128)),
+        *(("density (scale 1)", f"n={n}", dict(n=n, scale=1)) for n in (8, 32, 128)),
         *(("beam", f"B={b}", dict(n=2 * b, search=f"beam:{b}@1,1@2")) for b in (2, 4, 8)),
         *(("tts-var shape", f"P0={p}", dict(search=tts_var_shape(p))) for p in (4, 8, 16)))
 
@@ -101,7 +101,7 @@ def cost(repeat: int = 3) -> None:
         cond = (dict(classes="0-3") if model.condition_kind == "class"
                 else dict(prompts=PROMPTS * 2))
         run = dict(**cond, samples=2 if model.condition_kind == "class" else 1, batch_size=8)
-        rows = [dict(strategy="none", scale=1, n=1), dict(scale=1, n=8),
+        rows = [dict(strategy="none"), dict(scale=1, n=8),
                 dict(search="density:1@1", n=8), dict(search=f"density:8@1/8,1@{S - 2}/8", n=8)]
         secs, tokens = [], None
         for kw in rows:
@@ -112,18 +112,10 @@ def cost(repeat: int = 3) -> None:
                 res = vardist.search(model, **run, **kw)
                 t.append((time.perf_counter() - t0) / len(res))
             secs.append(float(np.median(t)))
-            if res[0].compute:
-                plain = sum(model.positions(s) for s in range(S))
-                tokens = np.mean([r.compute["forward_tokens"] for r in res]) / plain
+            plain = sum(model.positions(s) for s in range(S))
+            tokens = np.mean([r.compute["forward_tokens"] for r in res]) / plain
         print(f"| {name} | " + " | ".join(f"{s:.3f}" for s in secs) + f" | {tokens:.1f} |",
               flush=True)
-
-
-def _compute(res, plain_tokens: int) -> list[dict]:
-    """Per image: forward tokens, previews, verifier calls (one-scale runs log none: one pass
-    over the schedule, the final image's verifier call)."""
-    return [r.compute or dict(forward_tokens=plain_tokens, previews=0, verifier_calls=1)
-            for r in res]
 
 
 def _geneval(images, keys: list[tuple], metric):
@@ -171,7 +163,7 @@ def shapes(records: list[dict], *, model_name: str = "toy-shapes", samples: int 
         if kw is not None:
             res = vardist.search(model, **run, samples=samples, **kw)
             seconds = (time.perf_counter() - t0) / len(res)
-            comp, images = _compute(res, plain_tokens), res.images
+            comp, images = [r.compute for r in res], res.images
             keys = [(r.item.condition_index, r.item.sample_index, r.item.condition) for r in res]
         else:  # best-of-N: the verifier's pick among N complete plain samples per image
             if pool is None:  # one plain run of samples x N_max images per prompt serves all N
@@ -311,7 +303,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.samples = args.samples or 4
     model = registry.load("toy-digits", device="cpu")
     model.search_defaults = registry.get_spec("toy-digits").defaults
-    plain_tokens = sum(model.positions(s) for s in range(model.num_scales))
     run = dict(classes="0-9", samples=args.samples, seed=args.seed, verifier="toy-judge",
                batch_size=args.batch_size)
     vardist.search(model, classes="0", samples=1, verifier="toy-judge", strategy="none")  # warm-up
@@ -324,8 +315,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         t0 = time.perf_counter()
         res = vardist.search(model, **run, **kw)
         seconds = (time.perf_counter() - t0) / len(res)
-        comp = [r.compute or dict(forward_tokens=plain_tokens, previews=0, verifier_calls=1)
-                for r in res]
+        comp = [r.compute for r in res]
         reward = np.array([r.reward for r in res])
         acc = accuracy.compute(np.stack(res.images), [r.item.condition for r in res])
         print(f"| {label} | {budget} | {np.mean([c['forward_tokens'] for c in comp]):.0f} | "

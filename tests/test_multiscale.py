@@ -129,9 +129,10 @@ def test_density_population_logs_compute_and_resumes(tmp_path):
     kw = dict(**DIGITS, search="density:4@1,1@2", batch_size=2, out=out)
     first = vardist.search("toy-digits", **kw)
     rows = pq.read_table(out / "runlog.parquet").to_pylist()
-    # toy-digits' scales hold 1, 4, 9, 16 tokens: scale 0 and 1 once, the 4 kept members
-    # fed at scale 1, the kept one at 2, the last scale once
-    assert {r["forward_tokens"] for r in rows} == {1 + 4 * 4 + 9 + 16}
+    # toy-digits' scales hold 1, 4, 9, 16 tokens: the transformer runs scales 0 and 1 for the
+    # item, scale 2 for each of the 4 members kept at scale 1 (its logits are what they draw
+    # from), the last scale for the one kept at scale 2; keeping and forking run nothing
+    assert {r["forward_tokens"] for r in rows} == {1 + 4 + 4 * 9 + 16}
     assert {(r["previews"], r["verifier_calls"], r["search"]) for r in rows} == {
         (0, 0, "density:4@1,density:1@2")}
     assert [r["lineage"] for r in rows] == [r.lineage for r in first]
@@ -233,7 +234,9 @@ def test_one_scale_and_plain_runs_log_their_compute(tmp_path):
         assert {row["continuations"] for row in rows} == {3 if name == "rerank" else 1}
         for r, row in zip(res, rows):
             conts = row["continuations"]
-            want = dict(forward_tokens=1 + conts * (4 + 9 + 16), previews=0,
+            # scales 0 and 1 once (the pool is drawn from scale 1's logits), each
+            # continuation the scales after it
+            want = dict(forward_tokens=1 + 4 + conts * (9 + 16), previews=0,
                         verifier_calls={"plain": 0, "density": 0}.get(name, conts))
             assert r.compute == want
             assert {k: row[k] for k in want} == want

@@ -608,7 +608,7 @@ def _budget_device(device: str | None) -> str:
 
 
 def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedule | None,
-                             batch_size: int, budget: tuple[int, str], device_type: str,
+                             batch_size: int, budget: tuple[int, str], device_kind: str,
                              model_options: dict[str, Any], verified: bool) -> None:
     """A search across scales holds a population of partial generations per item, each with
     its own KV cache: refuse, by arithmetic before the model loads, a schedule whose peak
@@ -627,7 +627,7 @@ def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedu
 
     def need(batch: int) -> memory.MemoryPlan:
         return memory.estimate_population(fp, batch=batch, steps=steps, cfg=settings.cfg,
-                                          device=device_type)
+                                          device=device_kind)
 
     plan = need(batch_size)
     if plan.total <= limit:
@@ -639,7 +639,7 @@ def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedu
     rows = max(batch_size * (st.before + st.after) for st in steps)
     pop = max(st.after for st in steps)
     member = memory.estimate(fp, batch=1, n=1, scale=0, cfg=settings.cfg,
-                             device=device_type).kv_cache
+                             device=device_kind).kv_cache
     hint = (f", or use batch_size {lo} (the largest that fits)" if lo else
             " (even batch_size 1 does not fit)")
     raise InputError(

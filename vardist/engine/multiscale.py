@@ -17,10 +17,12 @@ each step it went through, and every draw comes from item_stream(member seed, sc
 depends on batch mates, batch size, workers or resume. The rules' own randomness (KMeans'
 initialisation, resampling, var-scaling's low branch) comes from `step_rng(item seed, scale)`.
 
-Compute per item (run log: forward_tokens, previews, verifier_calls): the token positions
-sampled or fed through the transformer over every member and candidate preview (CFG doubles the
-transformer's rows, the same factor for every strategy, not counted), the intermediate images
-decoded, and the images the verifier scored (the final one included).
+Compute per item (run log: forward_tokens, previews, verifier_calls): the token positions the
+transformer runs, summed over the members alive at each scale (the forward at scale s gives
+the logits every candidate of s is drawn from, once per member; a kept candidate's fork copies
+that member's cache and a preview only decodes, so neither runs the transformer; CFG doubles
+the transformer's rows, the same factor for every strategy, not counted), the intermediate
+images decoded, and the images the verifier scored (the final one included).
 
 The one-scale VAR-Scaling search (`density:1@k`) never comes here: plan_search turns it into
 `scale=k` and the one-scale pipeline runs, byte for byte as before.
@@ -91,7 +93,7 @@ def search_batch(model: ScaleWiseGenerator, items: Sequence[WorkItem], settings:
         state = model.start([it.condition for it in items], seeds, settings.sampling())
         for step in schedule.steps:
             members = range(len(owner))
-            fed(range(state.next_scale, step.scale), members)
+            fed(range(state.next_scale, step.scale + 1), members)  # scale s's logits too
             model.run_scales(state, step.scale)
             total = schedule.candidates(step, settings.n)
             per_item = {b: [m for m in members if owner[m] == b] for b in range(B)}
@@ -116,7 +118,6 @@ def search_batch(model: ScaleWiseGenerator, items: Sequence[WorkItem], settings:
             state = model.fork(state, parents, seeds=child_seeds)
             model.advance(state, codes[parents, js])
             owner, mseeds, paths = child_owner, child_seeds, child_paths
-            fed(range(step.scale, step.scale + 1), range(len(owner)))
         fed(range(state.next_scale, model.num_scales), range(len(owner)))
         images = model.finish(state).cpu().numpy().astype(np.uint8, copy=False)
         maps = [m.cpu().numpy() for m in state.maps]
@@ -147,7 +148,6 @@ def _keep(model: ScaleWiseGenerator, state: Any, step: SearchStep, settings: Sea
         previews = _previews(model, state, codes, flat)
         for b, _, _ in flat:
             compute[b]["previews"] += 1
-            compute[b]["forward_tokens"] += model.positions(step.scale)
         if step.rule in NEEDS_VERIFIER:
             r = np.asarray(verify.verifier.score(previews, [items[b].condition for b in rows]))
             rewards = [r[rows == b] for b in range(B)]

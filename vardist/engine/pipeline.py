@@ -190,13 +190,13 @@ def select_batch(codes: np.ndarray, embed: Embed, seeds: Sequence[int], settings
 def one_scale_compute(positions: Sequence[int], scale: int, continuations: int,
                       scored: int) -> dict[str, int]:
     """What a one-scale search (plain sampling included) spent on one image, counted as
-    engine.multiscale counts a search across scales: every scale's token positions fed once
-    (the pool at `scale` is drawn from logits already computed, so it adds none: the search
-    costs plain generation's tokens); each further continuation (rerank K) feeds scales
-    `scale`.. again from the kept prefix; no previews; `scored` images the verifier scored.
-    Work an engine repeats to move a state (the Ray engine's teacher-forced rebuild of the
-    prefix) is not the search's and is not counted, so both engines log the same figures."""
-    tokens = sum(positions[:scale]) + continuations * sum(positions[scale:])
+    engine.multiscale counts a search across scales: the transformer's token positions, scales
+    0..`scale` once (the pool at `scale` is drawn from those logits, so it adds none: the
+    search costs plain generation's tokens) and each continuation (rerank K: K of them) the
+    scales after `scale`; no previews; `scored` images the verifier scored. Work an engine
+    repeats to move a state (the Ray engine's teacher-forced rebuild of the prefix) is not the
+    search's and is not counted, so both engines log the same figures."""
+    tokens = sum(positions[:scale + 1]) + continuations * sum(positions[scale + 1:])
     return dict(forward_tokens=tokens, previews=0, verifier_calls=scored)
 
 

@@ -19,7 +19,6 @@ normalised with CLIP's mean and std.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
