@@ -189,3 +189,23 @@ def test_cli_text_device_on_a_model_without_one_is_refused(tmp_path):
     assert r.exit_code == 2
     assert "--text-device" in r.output and "toy-digits has no text_device option" in r.output
     assert not out.exists()
+
+
+def test_population_check_plans_flexvar_on_its_own_schedule(monkeypatch):
+    """A FlexVAR schedule longer or larger than the default: the population check plans the
+    run's scales and output size (it used to plan the default's and fail on scale 10)."""
+    from vardist.api import plan_search
+    from vardist.models import memory
+
+    fp = memory.footprint("flexvar-d16")
+    big = memory.with_schedule(fp, [1, 2, 4, 8, 16, 32])
+    assert big.tokens == (1, 4, 16, 64, 256, 1024)
+    assert big.image_hw == (2 * fp.image_hw[0], 2 * fp.image_hw[1])
+    assert big.latent_values == 4 * fp.latent_values
+    assert memory.with_schedule(fp, [int(t ** 0.5) for t in fp.tokens]) == fp
+    monkeypatch.delenv("VARDIST_WEIGHTS", raising=False)
+    # past the memory checks: what stops it is the missing weights, not a bare ValueError
+    with pytest.raises(FileNotFoundError, match="FlexVAE.pth"):
+        plan_search("flexvar-d16", classes=[0], n=8, device="cpu",
+                    schedule=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 24],
+                    search="density:2@10,1@11")

@@ -358,3 +358,121 @@ def test_population_memory_counts_no_kv_cache_per_preview():
         assert plan.transients >= 4 * one.decode  # one item's chunk of previews decoding
     assert plans[-1].total - plans[0].total < 0.01 * plans[0].total  # only the candidates' ids
     assert plans[0].total < 80 * memory.GB  # it fits an 80 GB GPU at batch 1
+
+
+def test_a_verifier_scores_one_items_candidates_at_a_time():
+    """Rewards must not depend on batch mates: each verifier call holds one item's previews
+    (a verifier batches and may round by batch shape), and the choices equal a batch of one's."""
+    from vardist.engine import multiscale, pipeline
+    from vardist.engine.plan import WorkItem
+    from vardist.engine.rerank import Verify
+    from vardist.models import registry
+    from vardist.verifiers import load
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def score(self, images, conditions):
+            self.calls.append(list(conditions))
+            return self.inner.score(images, conditions)
+
+    model = registry.load("toy-digits", device="cpu")
+    job, _ = plan_search(model, classes="0-2", samples=1, n=6, search="beam:3@1,1@2",
+                         verifier="toy-judge")
+    sched = parse_search(job.search, model.num_scales)
+    items = [WorkItem(i, c, 0, c, 1000 + c) for i, c in enumerate([0, 1, 2])]
+    rec = Recording(load("toy-judge", None, "cpu"))
+    embed = pipeline.embedder(model)
+    _, _, together = multiscale.search_batch(model, items, job.settings, sched, Verify(rec),
+                                             embed)
+    scoring = rec.calls[:-1]  # the last call scores the kept final images, all items at once
+    assert len(scoring) >= len(items) and all(len(set(c)) == 1 for c in scoring), rec.calls
+    alone = [multiscale.search_batch(model, [it], job.settings, sched, Verify(rec), embed)[2][0]
+             for it in items]
+    assert [c.lineage for c in together] == [c.lineage for c in alone]
+
+
+def test_population_refusal_names_plain_generation_when_nothing_fits():
+    """When one plain image does not fit, no smaller population would help: the refusal says
+    so instead of asking for smaller POP or /N; otherwise it names the batch that fits."""
+    from vardist.api import _check_population_memory
+    from vardist.engine.schedule import step_members
+    from vardist.models import memory, registry
+
+    spec, fp = registry.get_spec("toy-digits"), memory.footprint("toy-digits")
+    job, _ = plan_search("toy-digits", classes="0", n=64, search="density:64@1/64,1@2")
+    sched = parse_search(job.search, 4)
+    plain = memory.estimate(fp, batch=1, n=1, scale=3, device="cpu").total
+    with pytest.raises(InputError, match="even for plain generation of one image") as e:
+        _check_population_memory(spec, job.settings, sched, 4, (plain - 1, "a tiny device"),
+                                 "cpu", {}, False)
+    assert e.value.param == "search" and "density:64@1" in str(e.value)
+    steps = step_members(sched, 64, previews=False, image_hw=fp.image_hw)
+    one = memory.estimate_population(fp, batch=1, steps=steps, device="cpu").total
+    with pytest.raises(InputError, match="lower its populations") as e:
+        _check_population_memory(spec, job.settings, sched, 4, (one, "a small device"), "cpu",
+                                 {}, False)
+    assert "use batch_size 1 (the largest that fits)" in str(e.value)
+
+
+def test_a_schedule_run_resumes_only_under_the_same_preview_batches(tmp_path):
+    """The preview chunk rule shapes the rewards a schedule ranks: it is in the fingerprint,
+    so a folder searched under another rule is refused rather than mixed."""
+    out = tmp_path / "run"
+    kw = dict(**DIGITS, search="beam:2@1,1@2", verifier="toy-judge", out=out)
+    vardist.search("toy-digits", **kw)
+    doc = json.loads((out / "run.json").read_text())
+    from vardist.engine.schedule import PREVIEW_PIXELS
+
+    assert doc["fingerprint"]["preview_pixels"] == PREVIEW_PIXELS
+    doc["fingerprint"]["preview_pixels"] = PREVIEW_PIXELS * 4
+    (out / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(ResumeMismatch, match="preview_pixels"):
+        vardist.search("toy-digits", **kw)
+
+
+def test_cluster_measures_previews_by_the_verifiers_image_tower():
+    """`cluster` with a verifier that has an image tower (clip, pickscore, aesthetic, hpsv2:
+    `verifier.embed.images`) embeds the decoded previews, one item's per call; the planner
+    counts those previews only for such verifiers (VerifierSpec.image_tower)."""
+    import torch
+
+    from vardist.engine import multiscale, pipeline
+    from vardist.engine.plan import WorkItem
+    from vardist.engine.rerank import Verify
+    from vardist.models import registry
+    from vardist.verifiers import get_spec
+    from vardist.verifiers.clip import ClipScore
+
+    class Tower:
+        def __init__(self):
+            self.calls = []
+
+        def images(self, images):
+            self.calls.append(images.shape)
+            return torch.as_tensor(images.reshape(len(images), -1)[:, :32], dtype=torch.float32)
+
+    class Judge:  # scores the final images only (cluster reads no reward)
+        def __init__(self, tower):
+            self.embed = tower
+
+        def score(self, images, conditions):
+            return np.zeros(len(images))
+
+    assert multiscale._image_tower(Verify(ClipScore(Tower(), torch.device("cpu")))) is not None
+    assert multiscale._image_tower(None) is None
+    assert [s for s in ("clip", "pickscore", "aesthetic", "hpsv2", "image-reward", "toy-judge",
+                        "toy-geneval") if get_spec(s).image_tower] == [
+        "clip", "pickscore", "aesthetic", "hpsv2"]
+    model = registry.load("toy-digits", device="cpu")
+    job, _ = plan_search(model, classes="0-1", samples=1, n=6, search="cluster:2@1,1@2")
+    tower = Tower()
+    items = [WorkItem(i, c, 0, c, 77 + c) for i, c in enumerate([0, 1])]
+    images, _, choices = multiscale.search_batch(
+        model, items, job.settings, parse_search(job.search, 4), Verify(Judge(tower)),
+        pipeline.embedder(model))
+    # scale 1: each item's 6 candidates; scale 2: its 2 members' 6 candidates
+    assert [shape[0] for shape in tower.calls] == [6, 6, 6, 6]
+    assert all(shape[1:] == images.shape[1:] for shape in tower.calls)
+    assert all(c.compute["previews"] == 12 for c in choices)

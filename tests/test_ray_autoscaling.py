@@ -8,9 +8,15 @@ raylets on this machine with fake GPUs. `AutoscalingCluster` itself is not used:
 shutdown run `ray stop --force`, which would kill every Ray process of this user on the machine
 (other test runs included), and this Ray install lacks the example.yaml it reads. So the head
 is started here the same way, in a temp dir of its own, and only its processes are stopped.
-The test body runs in a fresh Python process: a driver that joined this cluster (and switched
-its auth mode) must not share process state with the other Ray tests of the suite.
-About a minute on 2 cores."""
+The test body runs in a fresh Python process started with RAY_AUTH_MODE=disabled, for one
+auth mode across head, fake nodes and driver. Ray reads the mode once per process, when it is
+imported (setting os.environ later changes nothing in that process), and any earlier
+`ray.init()` that started a local instance exports RAY_AUTH_MODE=token into the environment
+(Ray 2.60, installed here, turns token auth on for a new local instance and writes
+~/.ray/auth_token). A child that inherited that drove a token-mode driver against this
+disabled cluster, and the Generator actors died before they ran: the failure this test had
+after other Ray tests.
+About 25 s on 2 cores."""
 
 from __future__ import annotations
 
@@ -77,12 +83,29 @@ def _stop(temp_dir: str) -> None:
         time.sleep(1)
 
 
+def _require_auth_disabled() -> None:
+    """Head, fake nodes (they inherit this environment) and this driver must all run with
+    token auth off. Only the environment this process started with counts: Ray read the mode
+    when it was imported (see the module docstring)."""
+    if os.environ.get("RAY_AUTH_MODE") != "disabled":
+        pytest.fail("run with RAY_AUTH_MODE=disabled in the environment from the start (the "
+                    "outer test does this)")
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+    except ImportError:  # Ray before 2.52: no token auth at all
+        return
+    if get_authentication_mode() != AuthenticationMode.DISABLED:
+        pytest.fail("Ray in this process is in token auth mode although RAY_AUTH_MODE=disabled: "
+                    "the variable was changed after Ray was imported")
+
+
 @pytest.fixture(scope="module")
 def autoscaling_cluster():
     """A CPU-only head (1 CPU, 0 GPU) whose autoscaler may add up to GPU_NODES nodes of
     {CPU: 1, GPU: 1}; this process is connected to it as the driver."""
     if ray.is_initialized():
         pytest.skip("this process is still connected to another Ray instance")
+    _require_auth_disabled()
     # short: Ray's socket paths under it must stay within the 107-byte limit of AF_UNIX
     temp_dir = tempfile.mkdtemp(prefix="vardist-as-", dir="/tmp")
     port = _free_port()
@@ -107,10 +130,6 @@ def autoscaling_cluster():
     }
     config_path = Path(temp_dir) / "autoscaling.json"
     config_path.write_text(json.dumps(config))
-    # One auth mode for head, fake nodes and driver (a token left in ~/.ray by other runs
-    # would otherwise switch some of them to token mode).
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
                RAY_USAGE_STATS_ENABLED="0")
     ray.cloudpickle.register_pickle_by_value(ray_toy_model)
@@ -130,22 +149,17 @@ def autoscaling_cluster():
         ray.shutdown()
         _stop(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
 
 
-@pytest.mark.skipif(os.environ.get("VARDIST_RUN_AUTOSCALING") != "1",
-                    reason="starts a second Ray cluster with its own autoscaler; inside the full "
-                           "suite (after other Ray tests) it fails in the fake provider, so it "
-                           "runs on request: VARDIST_RUN_AUTOSCALING=1 pytest "
-                           "tests/test_ray_autoscaling.py")
 def test_gpu_actors_make_the_autoscaler_add_gpu_nodes():
     """Runs the body below in its own interpreter and requires it to pass there."""
     if INNER:
         pytest.skip("the outer test; this is the child process")
-    env = dict(os.environ, VARDIST_AUTOSCALING_INNER="1")
+    # RAY_AUTH_MODE: whatever this process inherited or an earlier ray.init exported (token),
+    # the child's Ray must read "disabled" at import. RAY_ADDRESS: the child joins its own
+    # cluster, never one named by the caller's environment.
+    env = dict(os.environ, VARDIST_AUTOSCALING_INNER="1", RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         f"{__file__}::test_autoscaling_body"],
                        env=env, capture_output=True, text=True, timeout=600,

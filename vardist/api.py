@@ -269,7 +269,7 @@ def plan_search(model: str | ScaleWiseGenerator, *, prompts=None, classes=None,
         check_pool_memory(settings, batch_size, side * side, budget)
     _check_gpu_plan(spec, settings, batch_size, device, engine, model_options)
     _check_population_memory(spec, settings, search_schedule, batch_size, budget,
-                             _budget_device(device), model_options, verifier is not None)
+                             device_type(device), model_options, _has_image_tower(verifier))
     if schedule is not None:
         check_schedule_memory(schedule, batch_size, budget, **_schedule_sizes(spec, weights))
 
@@ -535,7 +535,7 @@ def _check_device(device: str | None) -> None:
     importing torch (whether this machine has it is _check_device_here's question)."""
     if device is not None and not _DEVICE.fullmatch(device):
         raise InputError(f"device {device!r} is not a torch device vardist runs on; use cpu, "
-                         f"cuda, cuda:N or mps", param="device")
+                         f"cuda, cuda:N (N from 0 to 99, no leading zeros) or mps", param="device")
 
 
 def _check_device_here(device: str | None, engine: str, engine_options: dict[str, Any]) -> None:
@@ -600,16 +600,17 @@ def _check_gpu_plan(spec, settings: SearchSettings, batch_size: int, device: str
         raise InputError(str(e), param="batch_size") from None
 
 
-def _budget_device(device: str | None) -> str:
-    """The device type whose dtypes a memory plan assumes: cuda for a CUDA run (device None
-    on a machine with a GPU, as memory_budget reads it), else cpu. Without torch where no GPU
-    can be (a refusal needs no torch)."""
-    return device_type(device)
+def _has_image_tower(verifier: str | None) -> bool:
+    """Whether a `cluster` step decodes previews for this verifier (it measures them by its
+    image tower) rather than reading the latent; torch-free (the verifier registry's spec)."""
+    from vardist.verifiers import get_spec
+
+    return verifier is not None and get_spec(verifier).image_tower
 
 
 def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedule | None,
                              batch_size: int, budget: tuple[int, str], device_kind: str,
-                             model_options: dict[str, Any], verified: bool) -> None:
+                             model_options: dict[str, Any], image_tower: bool) -> None:
     """A search across scales holds a population of partial generations per item, each with
     its own KV cache: refuse, by arithmetic before the model loads, a schedule whose peak
     (members x the model's state per member, their candidates, previews; the memory planner's
@@ -622,7 +623,9 @@ def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedu
     if fp is None:
         return
     fp = memory.with_text_device(fp, model_options.get("text_device"))
-    steps = step_members(sched, settings.n, previews=verified, image_hw=fp.image_hw)
+    if model_options.get("schedule"):  # FlexVAR on its own schedule: its sizes, not the default's
+        fp = memory.with_schedule(fp, model_options["schedule"])
+    steps = step_members(sched, settings.n, previews=image_tower, image_hw=fp.image_hw)
     limit, where = budget
 
     def need(batch: int) -> memory.MemoryPlan:
@@ -632,6 +635,14 @@ def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedu
     plan = need(batch_size)
     if plan.total <= limit:
         return
+    plain = memory.estimate(fp, batch=1, n=1, scale=len(fp.tokens) - 1, cfg=settings.cfg,
+                            device=device_kind)
+    if plain.total > limit:  # no schedule can help: the model alone does not fit
+        raise InputError(
+            f"model {spec.name} does not fit {where} even for plain generation of one image "
+            f"(about {plain.describe()}), whatever the search schedule {sched}; use a device "
+            f"with more memory (or --device cuda on a machine with a large enough GPU)",
+            param="search")
     lo, hi = 0, batch_size - 1  # the largest batch that fits
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from vardist.api import ENGINES, _check_loaded, plan_search
 from vardist.engine import pipeline
+from vardist.engine.results import COMPUTE_COLUMNS  # per image (run-log columns)
 from vardist.engine.plan import (SELECTION_SETTINGS, STRATEGY_USES, SearchSettings, WorkItem,
                                  canonical_batches, item_seed)
 from vardist.engine.ray import CodeTable
@@ -60,7 +61,6 @@ from vardist.models.interface import ScaleWiseGenerator
 VERIFY_KEYS = ("verifier", "rerank")  # verifier-guided search (vardist.engine.rerank)
 SEARCH_KEY = "search"  # a search schedule (engine.schedule); None: the one-scale search
 SWEEP_KEYS = tuple(f.name for f in fields(SearchSettings)) + VERIFY_KEYS + (SEARCH_KEY,)
-COMPUTE_KEYS = ("forward_tokens", "previews", "verifier_calls")  # per image (run-log columns)
 POOL_KEYS = ("scale", "cfg", "top_k", "top_p", "tau")  # what an item's pool depends on
 # Selection knobs each strategy reads (see _collapse).
 USES, _SELECTION_KEYS = STRATEGY_USES, SELECTION_SETTINGS
@@ -567,6 +567,8 @@ class Study:
                 started.append((s, batch, runner.search(batch, s.search_settings(), s.search,
                                                         s.verifier)))
                 stats["searches"] += len(batch)
+                if runner.eager:  # searched just now (the local runner): count it now
+                    advance(len(batch))
         stats["search_seconds"] += time.perf_counter() - t0
 
         def collect() -> None:
@@ -583,7 +585,8 @@ class Study:
                         row["_reward"] = ch.reward  # scored by the verifier that searched
                     rows.append(row)
                     key += 1
-                advance(len(batch))
+                if not runner.eager:  # searched on the actors: done when collected
+                    advance(len(batch))
         return collect
 
     def _verify(self, rows: list[dict], images: dict[int, np.ndarray], stats: dict) -> None:
@@ -664,7 +667,7 @@ class Study:
                    if s.strategy != "none" and not s.multiscale else float("nan"),
                    # compute per image, as the run log counts it (score vs compute)
                    **{f"{k}_per_image": float(np.mean([r[k] for r in mine]))
-                      for k in COMPUTE_KEYS}}
+                      for k in COMPUTE_COLUMNS}}
             for m in self.metrics:
                 if m.per_image:
                     row[m.name] = float(np.mean([r[m.name] for r in mine]))
@@ -747,7 +750,7 @@ def _row(s: SearchSettings, it: WorkItem, ch: pipeline.Choice, image_key: int) -
             "branch": ch.branch, "shortlist": len(ch.shortlist), "density_max": ch.density_max,
             "density_mean": ch.density_mean, "density_chosen": ch.density_chosen,
             "image_key": image_key, "reward": None, "reranked": [], "rerank_rewards": [],
-            "continuations": 1, "lineage": None, **dict.fromkeys(COMPUTE_KEYS)}
+            "continuations": 1, "lineage": None, **dict.fromkeys(COMPUTE_COLUMNS)}
 
 
 def progress_lines(label: str = "study", every: float = 30.0,
@@ -832,6 +835,8 @@ class _Pool:
 
 
 class _Runner(Protocol):
+    eager: bool  # search() runs before it returns (local), or on actors until collected (Ray)
+
     def pools(self, tasks: list[tuple[list[WorkItem], SearchSettings]]) -> Iterator[_Pool]: ...
 
     def finish(self, items: list[WorkItem], settings: SearchSettings, prefix: list[np.ndarray],
@@ -848,6 +853,8 @@ class _Runner(Protocol):
 
 class _LocalRunner:
     """Everything in this process, pool by pool (memory: one pool at a time)."""
+
+    eager = True
 
     def __init__(self, study: Study) -> None:
         from vardist.models import registry
@@ -898,6 +905,8 @@ class _RayRunner:
     search(), guided by the one verifier the actors hold (Study refuses schedules with several
     verifiers on Ray). A lost actor fails the study (search()'s actor replacement is not
     wired in here: rerun it)."""
+
+    eager = False
 
     def __init__(self, study: Study) -> None:
         import ray

@@ -148,14 +148,19 @@ def _keep(model: ScaleWiseGenerator, state: Any, step: SearchStep, settings: Sea
         previews = _previews(model, state, codes, flat)
         for b, _, _ in flat:
             compute[b]["previews"] += 1
+        # Scored and embedded one item at a time, as decoded: a verifier batches its inputs,
+        # and an item's rewards must not depend on which items share its batch.
+        mine = [previews[rows == b] for b in range(B)]
         if step.rule in NEEDS_VERIFIER:
-            r = np.asarray(verify.verifier.score(previews, [items[b].condition for b in rows]))
-            rewards = [r[rows == b] for b in range(B)]
+            rewards = [np.asarray(verify.verifier.score(
+                mine[b], [items[b].condition] * len(mine[b])), np.float64)
+                if len(mine[b]) else np.zeros(0) for b in range(B)]
             for b in rows:
                 compute[b]["verifier_calls"] += 1
         else:
-            f = np.asarray(_image_tower(verify)(previews).float().cpu().numpy(), np.float64)
-            features = [f[rows == b] for b in range(B)]
+            tower = _image_tower(verify)
+            features = [np.asarray(tower(mine[b]).float().cpu().numpy(), np.float64)
+                        if len(mine[b]) else np.zeros(0) for b in range(B)]
     kept = []
     for b, it in enumerate(items):
         t0 = time.perf_counter()
@@ -215,10 +220,12 @@ def _previews(model: ScaleWiseGenerator, state: Any, codes: torch.Tensor,
 
 
 def _image_tower(verify: Verify | None) -> Any:
-    """A CLIP-like verifier's image embedding (`embedder.images`: uint8 images -> [N, f]), or
-    None (no verifier, or one without an image tower)."""
-    embedder = getattr(verify.verifier, "embedder", None) if verify is not None else None
-    return embedder.images if embedder is not None and hasattr(embedder, "images") else None
+    """A CLIP-like verifier's image embedding (`verifier.embed.images`: uint8 images ->
+    [N, f]; VerifierSpec.image_tower says which have one), or None (no verifier, or one
+    without an image tower)."""
+    embed = getattr(verify.verifier, "embed", None) if verify is not None else None
+    images = getattr(embed, "images", None)
+    return images if callable(images) else None
 
 
 def _latent_features(model: ScaleWiseGenerator, state: Any, codes: torch.Tensor,

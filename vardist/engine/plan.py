@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vardist.engine import BANDWIDTHS, POOL_SAMPLINGS  # the torch-free copy (engine/__init__)
+from vardist.engine.schedule import PREVIEW_PIXELS
 from vardist.io.conditions import InputError
 from vardist.io.outputs import human_size
 from vardist.models.interface import Sampling
@@ -183,7 +184,9 @@ def check_plan_size(num_conditions: int, samples: int, kind: str = "class") -> i
 
 # Device files that exist wherever torch can see a GPU through its CUDA API: the NVIDIA driver's
 # (/dev/nvidia0.., /proc/driver/nvidia), ROCm's (/dev/kfd) and WSL 2's GPU bridge (/dev/dxg).
-_GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+# NVIDIA (desktop, and Jetson/Tegra boards' integrated GPU), AMD ROCm, WSL's GPU bridge
+_GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/proc/driver/nvidia", "/dev/nvhost-ctrl-gpu",
+                     "/dev/nvhost-gpu", "/dev/kfd", "/dev/dxg")
 
 
 def cuda_ruled_out() -> bool:
@@ -390,5 +393,7 @@ class Job:
                 # only when set: folders of runs without a verifier resume as before
                 **({"verifier": self.verifier, "rerank": self.rerank, **self.verifier_identity}
                    if self.verifier else {}),
-                **({"search": self.search} if self.search else {}),
+                # the preview batch shape the rewards were computed under (its rule may change)
+                **({"search": self.search, "preview_pixels": PREVIEW_PIXELS}
+                   if self.search else {}),
                 "conditions": [[ci, c] for ci, c in self.conditions]}

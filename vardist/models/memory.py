@@ -18,6 +18,7 @@ What the estimate assumes (the dtypes the builders use; docs/infinity.md has the
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -315,6 +316,18 @@ def with_text_device(fp: Footprint, text_device: str | None) -> Footprint:
                          f"{text_device!r}")
     return replace(fp, weights=tuple(w for w in fp.weights if w[0] != fp.text_part),
                    text_part=None)
+
+
+def with_schedule(fp: Footprint, sides: Sequence[int]) -> Footprint:
+    """The footprint of a model run on another schedule of square maps (FlexVAR's `schedule`
+    option): its positions per scale, and the output and latent sizes scaled as the last
+    side is (the VAE's downsampling is fixed)."""
+    last = math.isqrt(fp.tokens[-1])
+    h, w = fp.image_hw
+    side = int(sides[-1])
+    return replace(fp, tokens=tuple(int(s) * int(s) for s in sides),
+                   image_hw=(h * side // last, w * side // last),
+                   latent_values=fp.latent_values * side * side // (last * last))
 
 
 def wants_gpu(fp: Footprint | None) -> bool:

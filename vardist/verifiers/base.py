@@ -71,6 +71,9 @@ class VerifierSpec:
     models: tuple[str, ...] = ()                     # the models it is meant for (empty: any)
     # raises ValueError for conditions it cannot score (checked before any model loads)
     check_conditions: Callable[[Sequence[Any]], None] | None = None
+    # the loaded verifier has an image tower, `verifier.embed.images(uint8 [N, H, W, 3]) ->
+    # [N, f]`, that a `cluster` search step measures previews by (else it reads the latent)
+    image_tower: bool = False
 
 
 _REGISTRY: dict[str, VerifierSpec] = {}

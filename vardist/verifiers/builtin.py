@@ -77,14 +77,14 @@ register(VerifierSpec(
     name="clip", condition_kind="prompt",
     description=f"CLIPScore: max(100 cos(image, prompt), 0) with {CLIP_L}",
     requires=(Requirement.hf(CLIP_L, *_MODEL, *_PROCESSOR),),
-    build=LazyBuild("clip", "_build_clip")))
+    build=LazyBuild("clip", "_build_clip"), image_tower=True))
 
 register(VerifierSpec(
     name="pickscore", condition_kind="prompt",
     description=f"PickScore: logit_scale x cos(image, prompt) with {PICKSCORE} and the CLIP-H "
                 f"processor",
     requires=(Requirement.hf(PICKSCORE, *_MODEL), Requirement.hf(CLIP_H, *_PROCESSOR)),
-    build=LazyBuild("clip", "_build_pickscore")))
+    build=LazyBuild("clip", "_build_pickscore"), image_tower=True))
 
 register(VerifierSpec(
     name="aesthetic", condition_kind="any",
@@ -92,7 +92,7 @@ register(VerifierSpec(
                 f"embedding",
     requires=(Requirement.hf(CLIP_L, *_MODEL, ("preprocessor_config.json",)),
               Requirement(AESTHETIC_FILE, AESTHETIC_SOURCE)),
-    build=LazyBuild("clip", "_build_aesthetic")))
+    build=LazyBuild("clip", "_build_aesthetic"), image_tower=True))
 
 register(VerifierSpec(
     name="hpsv2", condition_kind="prompt",
@@ -101,7 +101,7 @@ register(VerifierSpec(
     requires=(Requirement.hf(CLIP_H, ("config.json",), ("preprocessor_config.json",),
                              TOKENIZER_FILES),
               Requirement(HPS_FILE, HPS_SOURCE)),
-    build=LazyBuild("hps", "_build")))
+    build=LazyBuild("hps", "_build"), image_tower=True))
 
 register(VerifierSpec(
     name="image-reward", condition_kind="prompt",
