@@ -144,7 +144,7 @@ def shapes(records: list[dict], *, model_name: str = "toy-shapes", samples: int 
     table's header line."""
     import torch
 
-    from vardist.zoo.geneval_eval import ToyGenEvalMetric, interval
+    from vardist.zoo.geneval_eval import ToyGenEvalMetric, paired_comparison
 
     torch.set_num_threads(1)
     model = registry.load(model_name, weights, device="cpu")
@@ -182,12 +182,10 @@ def shapes(records: list[dict], *, model_name: str = "toy-shapes", samples: int 
                             **{k: float(np.mean([c[k] for c in comp])) for k in comp[0]},
                             seconds=seconds))
         print(f"  {family} {budget}: {scores.overall:.3f} ({seconds:.3f} s/image)", flush=True)
-    base = entries[0]["scores"].bootstrap(reps, seed)
-    for e in entries:
-        boot = e["scores"].bootstrap(reps, seed)  # the same resamples: paired with plain's
-        e.update(overall=e["scores"].overall, overall_ci=interval(boot),
-                 vs_plain=e["scores"].overall - entries[0]["scores"].overall,
-                 vs_plain_ci=interval(boot - base), tags=e["scores"].tag_accuracy())
+    for e, c in zip(entries, paired_comparison([e["scores"] for e in entries],
+                                               entries[0]["scores"], reps, seed)):
+        e.update(overall=c["overall"], overall_ci=c["overall_ci"], vs_plain=c["diff"],
+                 vs_plain_ci=c["diff_ci"], tags=c["tags"])
     header = (f"{model_name} on {len(prompts)} toy GenEval prompts x {samples} image(s), seed "
               f"{seed}, verifier {verifier}; scored by the exact evaluator on the final images; "
               f"95% bootstrap over prompts ({reps} resamples); CPU, 1 thread.")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import vardist
 from vardist.study import progress_lines
-from vardist.zoo.geneval_eval import ToyGenEvalMetric, scores_from_rows, select_prompts
-from vardist.zoo.geneval_eval import interval as _ci
+from vardist.zoo.geneval_eval import (ToyGenEvalMetric, paired_comparison, scores_from_rows,
+                                      select_prompts)
 from vardist.zoo.shapes import TAGS
 
 STRATEGIES = ["none", "top-k", "random-k", "small-k", "var-scaling", "infinity"]
@@ -39,22 +39,18 @@ def summarise(rows: list[dict], records: dict[str, dict], reps: int, seed: int) 
     by_setting: dict[str, list[dict]] = {}
     for r in rows:
         by_setting.setdefault(r["setting"], []).append(r)
+    scores = {sid: scores_from_rows(mine, records) for sid, mine in by_setting.items()}
+    base = next(scores[sid] for sid, mine in by_setting.items() if mine[0]["strategy"] == "none")
     out = []
-    for sid, mine in by_setting.items():
-        scores = scores_from_rows(mine, records)
+    for (sid, mine), c in zip(by_setting.items(),
+                              paired_comparison(list(scores.values()), base, reps, seed)):
         first = mine[0]
         out.append({"setting": sid, "strategy": first["strategy"], "n": first["n"],
-                    "alpha": first["alpha"], "k": first["k"], "overall": scores.overall,
-                    "tags": scores.tag_accuracy(), "images": len(mine),
+                    "alpha": first["alpha"], "k": first["k"], "overall": c["overall"],
+                    "tags": c["tags"], "images": len(mine),
                     "distinct_images": len({r["image_key"] for r in mine}),
-                    "_boot": scores.bootstrap(reps, seed)})
-    base = next(e["_boot"] for e in out if e["strategy"] == "none")
-    base_overall = next(e["overall"] for e in out if e["strategy"] == "none")
-    for e in out:
-        boot = e.pop("_boot")
-        e["overall_ci"] = _ci(boot)
-        e["vs_none"] = e["overall"] - base_overall
-        e["vs_none_ci"] = _ci(boot - base)
+                    "overall_ci": c["overall_ci"], "vs_none": c["diff"],
+                    "vs_none_ci": c["diff_ci"]})
     return out
 
 

@@ -209,3 +209,19 @@ def test_population_check_plans_flexvar_on_its_own_schedule(monkeypatch):
         plan_search("flexvar-d16", classes=[0], n=8, device="cpu",
                     schedule=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 24],
                     search="density:2@10,1@11")
+
+
+def test_gpu_plan_reads_flexvar_on_its_own_schedule(a_24gb_gpu, tmp_path):
+    """The GPU plan and the population check share the run's footprint: a FlexVAR schedule
+    beyond the default's 10 scales is planned as that schedule (it used to end in a bare
+    ValueError on scale 10 of the default's), and a pool too big for it is refused by name."""
+    from vardist.api import plan_search
+    from vardist.io.conditions import InputError
+
+    long = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 24]
+    with pytest.raises(FileNotFoundError, match="FlexVAE.pth"):
+        plan_search("flexvar-d16", classes=[0], n=8, scale=10, schedule=long, weights=tmp_path)
+    with pytest.raises(InputError) as e:
+        plan_search("flexvar-d16", classes=[0], n=3000, scale=11, schedule=long,
+                    batch_size=64, weights=tmp_path)
+    assert e.value.param == "batch_size" and "GPU Test24 (cuda:0)" in str(e.value)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from vardist.engine import AUTOCAST_MODES, ENGINES, TEXT_DEVICES
 from vardist.engine.plan import (STRATEGY_USES, Job, SearchSettings, check_plan_size,
                                  check_pool_memory, check_schedule_memory, device_type,
-                                 memory_budget, unused_settings)
+                                 local_gpu, memory_budget, unused_settings)
 from vardist.engine.schedule import SearchSchedule, parse_search
 from vardist.io.conditions import (InputError, InputWarning, parse_classes,
                                    prompts_from_strings, read_prompts)
@@ -567,16 +567,9 @@ def _check_device_here(device: str | None, engine: str, engine_options: dict[str
 
 def _local_gpu(device: str | None) -> tuple[int, str] | None:
     """(total bytes, its name) of the GPU a local run uses (device None: cuda when there is
-    one), else None. torch is asked only where a GPU may be (engine.plan.device_type)."""
-    if device_type(device) != "cuda":
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    dev = torch.device(device or "cuda")
-    props = torch.cuda.get_device_properties(dev.index or 0)
-    return props.total_memory, f"GPU {props.name} ({dev.type}:{dev.index or 0})"
+    one), else None (engine.plan.local_gpu)."""
+    gpu = local_gpu(device)
+    return None if gpu is None else (gpu[0], f"GPU {gpu[1]} (cuda:{gpu[2]})")
 
 
 def _check_gpu_plan(spec, settings: SearchSettings, batch_size: int, device: str | None,
@@ -589,15 +582,29 @@ def _check_gpu_plan(spec, settings: SearchSettings, batch_size: int, device: str
     if spec is None or engine != "local":
         return
     gpu = _local_gpu(device)
-    fp = memory.footprint(spec.name) if gpu is not None else None
+    fp = _run_footprint(spec, model_options) if gpu is not None else None
     if fp is None:
         return
-    fp = memory.with_text_device(fp, model_options.get("text_device"))
     try:
         memory.check_fits(fp, gpu[0], batch=batch_size, n=settings.pool_size,
                           scale=settings.scale, cfg=settings.cfg, where=gpu[1], model=spec.name)
     except memory.MemoryPlanError as e:
         raise InputError(str(e), param="batch_size") from None
+
+
+def _run_footprint(spec, model_options: dict[str, Any]):
+    """The memory planner's Footprint of a registry model as this run builds it (its text
+    encoder's place; FlexVAR on its own schedule: that schedule's sizes, not the default's);
+    None for a model without one (fixtures, model objects: checked by what they load)."""
+    from vardist.models import memory
+
+    fp = memory.footprint(spec.name) if spec is not None else None
+    if fp is None:
+        return None
+    fp = memory.with_text_device(fp, model_options.get("text_device"))
+    if model_options.get("schedule"):
+        fp = memory.with_schedule(fp, model_options["schedule"])
+    return fp
 
 
 def _has_image_tower(verifier: str | None) -> bool:
@@ -619,12 +626,9 @@ def _check_population_memory(spec, settings: SearchSettings, sched: SearchSchedu
     from vardist.engine.schedule import step_members
     from vardist.models import memory
 
-    fp = memory.footprint(spec.name) if spec is not None and sched is not None else None
+    fp = _run_footprint(spec, model_options) if sched is not None else None
     if fp is None:
         return
-    fp = memory.with_text_device(fp, model_options.get("text_device"))
-    if model_options.get("schedule"):  # FlexVAR on its own schedule: its sizes, not the default's
-        fp = memory.with_schedule(fp, model_options["schedule"])
     steps = step_members(sched, settings.n, previews=image_tower, image_hw=fp.image_hw)
     limit, where = budget
 

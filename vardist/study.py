@@ -66,7 +66,11 @@ POOL_KEYS = ("scale", "cfg", "top_k", "top_p", "tau")  # what an item's pool dep
 USES, _SELECTION_KEYS = STRATEGY_USES, SELECTION_SETTINGS
 
 ROWS_FILE, SUMMARY_FILE, CONFIG_FILE = "study.parquet", "summary.parquet", "study.json"
-PLOT_X = ("n", "continuations_per_image", "forward_tokens_per_image")  # plot()'s x axes
+# plot()'s x axes: the settings field along each line (then one line per strategy), the label
+_PLOT_AXES = {"n": ("n", "n (candidates per item)"),
+              "continuations_per_image": ("rerank", "continuations per image"),
+              "forward_tokens_per_image": ("search", "forward tokens per image")}
+PLOT_X = tuple(_PLOT_AXES)
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -546,8 +550,8 @@ class Study:
             if r["forward_tokens"] is None:
                 st = r["_settings"]
                 r.update(pipeline.one_scale_compute(
-                    runner.positions, st.scale, r["continuations"],
-                    len(r["reranked"]) if r["reranked"] else int(bool(st.verifier))))
+                    runner.positions, st.scale, r["continuations"], len(r["reranked"]),
+                    bool(st.verifier)))
         stats["continuations_separately"] = sum(r["continuations"] for r in rows)
         return rows, images, stats
 
@@ -789,8 +793,7 @@ def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path,
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     rows = summary.to_pylist()
-    along = {"n": ("n", "strategy"), "continuations_per_image": ("rerank", "strategy"),
-             "forward_tokens_per_image": ("search", "strategy")}[x]  # the x axis, the lines
+    along = (_PLOT_AXES[x][0], "strategy")  # the x axis, the lines
     varying = [k for k in SWEEP_KEYS if k not in along and len({r[k] for r in rows}) > 1]
     cols = min(len(metrics), 2)
     nrows = -(-len(metrics) // cols)
@@ -809,9 +812,7 @@ def plot(summary: pa.Table, metrics: str | Sequence[str], path: str | Path,
                     ax.annotate(note, (px, py), fontsize=6, xytext=(3, 3),
                                 textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel({"n": "n (candidates per item)",
-                       "continuations_per_image": "continuations per image",
-                       "forward_tokens_per_image": "forward tokens per image"}[x])
+        ax.set_xlabel(_PLOT_AXES[x][1])
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

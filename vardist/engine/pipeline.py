@@ -188,25 +188,24 @@ def select_batch(codes: np.ndarray, embed: Embed, seeds: Sequence[int], settings
 
 
 def one_scale_compute(positions: Sequence[int], scale: int, continuations: int,
-                      scored: int) -> dict[str, int]:
+                      reranked: int, verified: bool) -> dict[str, int]:
     """What a one-scale search (plain sampling included) spent on one image, counted as
     engine.multiscale counts a search across scales: the transformer's token positions, scales
     0..`scale` once (the pool at `scale` is drawn from those logits, so it adds none: the
     search costs plain generation's tokens) and each continuation (rerank K: K of them) the
-    scales after `scale`; no previews; `scored` images the verifier scored. Work an engine
-    repeats to move a state (the Ray engine's teacher-forced rebuild of the prefix) is not the
-    search's and is not counted, so both engines log the same figures."""
+    scales after `scale`; no previews; the verifier scored the `reranked` images, or else
+    (`verified`: a run with a verifier) the kept one. Work an engine repeats to move a state
+    (the Ray engine's teacher-forced rebuild of the prefix) is not the search's and is not
+    counted, so both engines log the same figures."""
     tokens = sum(positions[:scale + 1]) + continuations * sum(positions[scale + 1:])
-    return dict(forward_tokens=tokens, previews=0, verifier_calls=scored)
+    return dict(forward_tokens=tokens, previews=0, verifier_calls=reranked or int(verified))
 
 
 def with_compute(choices: Sequence[Choice], positions: Sequence[int], scale: int,
                  verified: bool) -> list[Choice]:
-    """The choices, each with its compute (`one_scale_compute`) where it has none yet: the
-    verifier scored the images it reranked, else (`verified`) the kept one."""
+    """The choices, each with its compute (`one_scale_compute`) where it has none yet."""
     return [c if c.compute is not None else replace(c, compute=one_scale_compute(
-                positions, scale, c.continuations,
-                len(c.reranked) if c.reranked else int(verified)))
+                positions, scale, c.continuations, len(c.reranked), verified))
             for c in choices]
 
 

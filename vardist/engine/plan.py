@@ -183,8 +183,8 @@ def check_plan_size(num_conditions: int, samples: int, kind: str = "class") -> i
 
 
 # Device files that exist wherever torch can see a GPU through its CUDA API: the NVIDIA driver's
-# (/dev/nvidia0.., /proc/driver/nvidia), ROCm's (/dev/kfd) and WSL 2's GPU bridge (/dev/dxg).
-# NVIDIA (desktop, and Jetson/Tegra boards' integrated GPU), AMD ROCm, WSL's GPU bridge
+# (/dev/nvidia0.., /proc/driver/nvidia; /dev/nvhost-* on Jetson/Tegra boards), ROCm's (/dev/kfd)
+# and WSL 2's GPU bridge (/dev/dxg).
 _GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/proc/driver/nvidia", "/dev/nvhost-ctrl-gpu",
                      "/dev/nvhost-gpu", "/dev/kfd", "/dev/dxg")
 
@@ -210,16 +210,26 @@ def device_type(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def local_gpu(device: str | None) -> tuple[int, str, int] | None:
+    """(total bytes, name, index) of the CUDA device a local run uses (device None: cuda when
+    torch sees a GPU), else None. torch is imported only where a GPU may be (device_type)."""
+    if device_type(device) != "cuda":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    index = torch.device(device or "cuda").index or 0
+    props = torch.cuda.get_device_properties(index)
+    return props.total_memory, props.name, index
+
+
 def memory_budget(device: str | None) -> tuple[int, str]:
     """(bytes, what they are) a run may use on `device`: a CUDA device's total memory, else
     the machine's physical memory. Read before any model loads; without torch for the CPU."""
-    if device_type(device) == "cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            dev = torch.device(device or "cuda")
-            props = torch.cuda.get_device_properties(dev.index or 0)
-            return props.total_memory, f"the {human_size(props.total_memory)} of GPU {props.name}"
+    gpu = local_gpu(device)
+    if gpu is not None:
+        return gpu[0], f"the {human_size(gpu[0])} of GPU {gpu[1]}"
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return total, f"the {human_size(total)} of this machine's memory"
 

@@ -152,8 +152,9 @@ def footprint_from_configs(configs: Sequence[Any], num_scales: int | None = None
                          vae_cfg.ch * vae_cfg.ch_mult[0], 4, True,
                          latent_values=cfg.Cvae * cfg.patch_nums[-1] ** 2)  # f_hat
     if "FlexVARConfig" in kinds:
+        from vardist.models.flexvar.configs import DEFAULT_SCHEDULE
         from vardist.models.flexvar.tokenizer import FlexVAE
-        from vardist.models.flexvar.transformer import DEFAULT_SCHEDULE, FlexVARTransformer
+        from vardist.models.flexvar.transformer import FlexVARTransformer
 
         cfg, vae_cfg = kinds["FlexVARConfig"], kinds["FlexVAEConfig"]
         sides = tuple(extra[0]) if extra else DEFAULT_SCHEDULE

@@ -28,6 +28,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -355,6 +356,21 @@ def interval(values: np.ndarray) -> tuple[float, float]:
     difference of two settings' bootstraps over the same resamples: a paired interval)."""
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
+
+
+def paired_comparison(scores: Sequence[Scores], base: Scores, reps: int = 1000,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """Each Scores against `base` (plain sampling, say): its overall score and 95% bootstrap
+    interval over prompts, the difference to base and its paired interval (the same `reps`
+    resamples for every one), and the per-tag accuracies."""
+    ref = base.bootstrap(reps, seed)
+    out = []
+    for s in scores:
+        boot = s.bootstrap(reps, seed)
+        out.append(dict(overall=s.overall, overall_ci=interval(boot),
+                        diff=s.overall - base.overall, diff_ci=interval(boot - ref),
+                        tags=s.tag_accuracy()))
+    return out
 
 
 def scores_from_rows(rows: list[dict], records: dict[str, dict], correct: str = "geneval"

@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# DEFAULT_SCHEDULE, TRAINED_SIDES: re-exported from their old home (vardist.models.memory reads one)
-from vardist.models.flexvar.configs import (DEFAULT_SCHEDULE, TRAINED_SIDES,  # noqa: F401
-                                            FlexVARConfig, check_schedule)
+from vardist.models.flexvar.configs import FlexVARConfig, check_schedule
 from vardist.models.var.transformer import AdaLNBeforeHead, AdaLNSelfAttn, KVCache, block_causal_bias
 
 
